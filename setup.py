@@ -1,0 +1,35 @@
+"""adatape: adaptive-computation transformers (AdaTape and its baselines)."""
+
+import setuptools
+
+# Exact pins: jax 0.10.2 is the newest jax for Python 3.11, and the rest are
+# the versions the code and tests were run with on it.
+_INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    # clu.metric_writers imports both tensorflow and tensorboard.
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+]
+
+setuptools.setup(
+    name="adatape",
+    version="0.1.0",
+    description="AdaTape (elastic input sequences) and adaptive-computation "
+    "baselines in JAX/Flax.",
+    packages=setuptools.find_packages(include=["adatape", "adatape.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=_INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
+)
