@@ -1,0 +1,1 @@
+"""adatape: adaptive-computation transformers, centred on AdaTape."""

@@ -1,0 +1,63 @@
+"""Models, chosen by module name: `model.name=adatape` is `models/adatape.py`.
+
+Each model module defines a frozen `Config` dataclass (with an `encoder`
+field, plus `num_classes` and `input_shape` taken from the data) and a Linen
+`Model(config)` whose `__call__(inputs, *, train)` returns a ModelOutput.
+Adding a model is adding a module; nothing here changes.
+"""
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+
+from adatape import run_config
+from adatape.models import encoder
+from adatape.tape import config as tape_config
+
+_NOT_MODELS = ("encoder", "outputs", "stems")
+
+
+def available() -> list[str]:
+  """Names of the model modules."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                if m.name not in _NOT_MODELS)
+
+
+def build(config: ml_collections.ConfigDict, *, input_shape: tuple[int, ...],
+          num_classes: int) -> nn.Module:
+  """Builds `config.model.name` with validated typed configs.
+
+  Args:
+    config: the run config (`model.*`, and `tape.*` for models that read a
+      tape).
+    input_shape: shape of one example, from the data source.
+    num_classes: number of classes, from the data source.
+
+  Returns:
+    The Linen model.
+  """
+  name = config.model.name
+  run_config.check_choice("model.name", name, tuple(available()))
+  module = importlib.import_module(f"adatape.models.{name}")
+  values = config.model.to_dict()
+  del values["name"]
+  encoder_keys = {f.name for f in dataclasses.fields(encoder.EncoderConfig)}
+  enc = run_config.to_dataclass(
+      encoder.EncoderConfig,
+      {k: v for k, v in values.items() if k in encoder_keys}, "model")
+  extra: dict[str, Any] = dict(
+      encoder=enc, num_classes=num_classes, input_shape=tuple(input_shape))
+  if "tape" in {f.name for f in dataclasses.fields(module.Config)}:
+    run_config.check("tape" in config,
+                     f"model.name={name!r} needs a `tape` config section")
+    extra["tape"] = run_config.to_dataclass(
+        tape_config.TapeConfig, config.tape, "tape")
+  model_config = run_config.to_dataclass(
+      module.Config,
+      {k: v for k, v in values.items() if k not in encoder_keys},
+      "model", **extra)
+  return module.Model(model_config)

@@ -1,0 +1,160 @@
+"""Encoder pieces shared by every model: blocks with key-padding masks, pooling.
+
+All models (Transformer, AdaTape, Universal Transformer, and the baselines
+built on them) use these layers, so a mask bug is fixed once. Masks are
+boolean `[B, L]` (True: a real token). Attention masks keys only, as the
+official code does; padded positions are still computed as queries, but no
+real token attends to them and pooling skips them, so their values never
+reach the output.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adatape import run_config
+
+_KERNEL_INIT = nn.initializers.xavier_uniform()
+_BIAS_INIT = nn.initializers.normal(stddev=1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Size of a pre-LayerNorm Transformer encoder.
+
+  Attributes:
+    width: D, the residual width.
+    depth: number of blocks (or, for a Universal Transformer, the shared
+      block's maximum number of applications).
+    num_heads: attention heads; must divide width.
+    mlp_dim: hidden size of the GELU MLP.
+    dropout: dropout after attention and in the MLP.
+    attention_dropout: dropout on attention weights.
+  """
+
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+
+  def __post_init__(self):
+    check = run_config.check
+    for name in ("width", "depth", "num_heads", "mlp_dim"):
+      value = getattr(self, name)
+      check(value >= 1, f"model.{name}={value} must be >= 1")
+    check(self.width % self.num_heads == 0,
+          f"model.num_heads={self.num_heads} must divide model.width="
+          f"{self.width}")
+    for name in ("dropout", "attention_dropout"):
+      value = getattr(self, name)
+      check(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
+
+
+class Mlp(nn.Module):
+  """Dense -> GELU -> Dropout -> Dense -> Dropout."""
+
+  hidden: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    width = x.shape[-1]
+    y = nn.Dense(self.hidden, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT)(x)
+    y = nn.gelu(y)
+    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    y = nn.Dense(width, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT)(y)
+    return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+class GluMlp(nn.Module):
+  """Gated MLP used for tape tokens: Dense(2H) -> a * sigmoid(b) -> Dense."""
+
+  hidden: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    width = x.shape[-1]
+    y = nn.Dense(2 * self.hidden, kernel_init=_KERNEL_INIT,
+                 bias_init=_BIAS_INIT)(x)
+    y = nn.glu(y, axis=-1)
+    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    y = nn.Dense(width, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT)(y)
+    return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+def attention_mask(mask_BxL: jax.Array) -> jax.Array:
+  """Key-padding mask `[B, 1, 1, L]` for MultiHeadDotProductAttention."""
+  return mask_BxL[:, None, None, :]
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: x + Attn(LN(x)); then x + FFN(LN(x)).
+
+  With `tape_mlp_dim` > 0, positions from `num_main` on (the tape) use a
+  separate GLU FFN while attention and LayerNorms stay shared (spec 3.3).
+  """
+
+  config: EncoderConfig
+  tape_mlp_dim: int = 0
+  tape_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, *,
+               num_main: int, train: bool) -> jax.Array:
+    cfg = self.config
+    y = nn.LayerNorm(name="norm_attention")(x_BxLxD)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads,
+        kernel_init=_KERNEL_INIT,
+        dropout_rate=cfg.attention_dropout,
+        deterministic=not train,
+        name="attention")(y, y, mask=attention_mask(mask_BxL))
+    y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
+    x_BxLxD = x_BxLxD + y
+    y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
+    has_tape = x_BxLxD.shape[1] > num_main
+    if self.tape_mlp_dim and has_tape:
+      main = Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(
+          y[:, :num_main], train=train)
+      tape = GluMlp(self.tape_mlp_dim, self.tape_dropout, name="tape_mlp")(
+          y[:, num_main:], train=train)
+      y = jnp.concatenate([main, tape], axis=1)
+    else:
+      y = Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(y, train=train)
+    return x_BxLxD + y
+
+
+def masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """Mean over the valid positions of each example (bug B3's fix)."""
+  weights_BxL = mask_BxL.astype(x_BxLxD.dtype)
+  total_BxD = jnp.einsum("bl,bld->bd", weights_BxL, x_BxLxD)
+  count_Bx1 = jnp.maximum(weights_BxL.sum(axis=1, keepdims=True), 1.0)
+  return total_BxD / count_Bx1
+
+
+def pool(x_BxLxD: jax.Array, mask_BxL: jax.Array, classifier: str
+         ) -> jax.Array:
+  """`gap`: masked mean; `token`: position 0."""
+  if classifier == "token":
+    return x_BxLxD[:, 0]
+  return masked_mean(x_BxLxD, mask_BxL)
+
+
+class Head(nn.Module):
+  """Zero-initialised linear classifier with a configurable bias init."""
+
+  num_classes: int
+  bias_init: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BxD: jax.Array) -> jax.Array:
+    return nn.Dense(
+        self.num_classes,
+        kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(self.bias_init),
+        name="output_projection")(x_BxD)

@@ -1,0 +1,29 @@
+"""ModelOutput: what every model returns, by name, never by position."""
+
+from typing import NamedTuple
+
+import jax
+
+
+class ModelOutput(NamedTuple):
+  """Logits plus the named auxiliaries the trainer logs and optimises.
+
+  Attributes:
+    logits: `[B, C]`.
+    aux_loss_B: the method's own regulariser per example, already weighted
+      (lambda * ATR loss for AdaTape, tau * ponder cost for ACT); the
+      training loss adds its batch mean. Zeros for models without one.
+    tape_length_B: valid tape tokens per example (AdaTape).
+    tape_mask_BxT: which tape slots are valid (AdaTape).
+    atr_loss_B: unweighted ATR loss (AdaTape).
+    ponder_cost_B: mean over valid tokens of N + R (ACT models).
+    ponder_steps_B: mean over valid tokens of N (ACT models).
+  """
+
+  logits: jax.Array
+  aux_loss_B: jax.Array
+  tape_length_B: jax.Array | None = None
+  tape_mask_BxT: jax.Array | None = None
+  atr_loss_B: jax.Array | None = None
+  ponder_cost_B: jax.Array | None = None
+  ponder_steps_B: jax.Array | None = None

@@ -1,0 +1,73 @@
+"""Stems: raw input -> the main token sequence `[B, N, D]` the encoder sees.
+
+  sequence  one token per element (Dense), optional learned positions;
+            the standard Transformer on sequence tasks.
+  flatten   the whole sequence as a single token (Dense of the flattened
+            input); AdaTape's parity stem (spec 2.3), which must read the
+            elements through the tape.
+  patches   ViT patch embedding (conv stride P) plus learned positions.
+
+A zero-initialised CLS token is prepended for the `token` classifier.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adatape import run_config
+
+STEMS = ("sequence", "flatten", "patches")
+
+
+class Stem(nn.Module):
+  """Embeds the raw input into main tokens."""
+
+  kind: str
+  width: int
+  patch_size: int = 16
+  posemb: bool = True
+  cls_token: bool = False
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+    x = self._embed(inputs)
+    if self.cls_token:
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
+      x = jnp.concatenate(
+          [jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
+    return nn.Dropout(self.dropout)(x, deterministic=not train)
+
+  def _embed(self, inputs: jax.Array) -> jax.Array:
+    batch = inputs.shape[0]
+    if self.kind == "flatten":
+      return nn.Dense(self.width, name="embedding")(
+          inputs.reshape(batch, 1, -1))
+    if self.kind == "sequence":
+      x = nn.Dense(self.width, name="embedding")(inputs)
+    else:
+      p = self.patch_size
+      x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
+                  name="embedding")(inputs)
+      x = x.reshape(batch, -1, self.width)
+    if self.posemb:
+      x = x + self.param("posembed_input", nn.initializers.normal(0.02),
+                         (1,) + x.shape[1:])
+    return x
+
+
+def check_input(kind: str, input_shape: tuple[int, ...],
+                patch_size: int) -> None:
+  """Rejects an input shape the stem cannot embed."""
+  run_config.check_choice("model.stem", kind, STEMS)
+  if kind == "patches":
+    run_config.check(
+        len(input_shape) == 3 and input_shape[0] % patch_size == 0
+        and input_shape[1] % patch_size == 0,
+        f"model.patch_size={patch_size} must divide the image size "
+        f"{input_shape[:2]} (model.stem='patches' needs [H, W, C] inputs)")
+  else:
+    run_config.check(
+        len(input_shape) == 2,
+        f"model.stem={kind!r} needs [length, channels] inputs, got "
+        f"{input_shape}")

@@ -1,0 +1,142 @@
+"""Universal Transformer with Adaptive Computation Time (baselines spec A).
+
+One shared pre-LN block is applied up to `encoder.depth` times. Before each
+application a learned step embedding is added; a halting unit (Dense -> 1,
+zero kernel, bias `halting_bias_init`) reads the stepped state, per token or
+per example, and `adatape.halting` turns the probabilities into output
+weights. As in tensor2tensor, the next state is the block output for every
+token, halted or not (halted tokens keep serving as keys); only the output
+accumulator is frozen for them. The regulariser is the mean ponder cost
+N + R over valid tokens, weighted by `act_loss_weight`.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adatape import halting
+from adatape import run_config
+from adatape.models import encoder
+from adatape.models import outputs
+from adatape.models import stems
+
+ACT_LEVELS = ("per_token", "per_example")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Universal Transformer settings.
+
+  Attributes:
+    encoder: block size; `depth` is the maximum number of steps.
+    num_classes: classifier outputs (from the data).
+    input_shape: shape of one example (from the data).
+    stem: "sequence" or "patches".
+    classifier: "gap" or "token".
+    patch_size: patch size for the patches stem.
+    posemb: learned position embeddings (added once, before the loop).
+    act_level: "per_token" or "per_example" halting.
+    act_type: "basic" (EMA blend) or "accumulated" (Graves' mean field).
+    act_epsilon: halt once the cumulative probability exceeds 1 - epsilon.
+    halting_bias_init: initial halting logit (t2t: 1.0, scenic UViT: -1.0).
+    act_loss_weight: tau, weight of the ponder cost.
+    head_bias_init: initial classifier bias.
+  """
+
+  encoder: encoder.EncoderConfig
+  num_classes: int
+  input_shape: tuple[int, ...]
+  stem: str = "sequence"
+  classifier: str = "gap"
+  patch_size: int = 16
+  posemb: bool = True
+  act_level: str = "per_token"
+  act_type: str = "basic"
+  act_epsilon: float = 0.01
+  halting_bias_init: float = 1.0
+  act_loss_weight: float = 0.01
+  head_bias_init: float = 0.0
+
+  def __post_init__(self):
+    stems.check_input(self.stem, self.input_shape, self.patch_size)
+    run_config.check_choice("model.classifier", self.classifier,
+                            ("gap", "token"))
+    run_config.check_choice("model.act_level", self.act_level, ACT_LEVELS)
+    run_config.check_choice("model.act_type", self.act_type,
+                            halting.ACT_TYPES)
+    run_config.check(0.0 < self.act_epsilon < 1.0,
+                     f"model.act_epsilon={self.act_epsilon} must be in (0, 1)")
+    run_config.check(self.act_loss_weight >= 0,
+                     f"model.act_loss_weight={self.act_loss_weight} must be "
+                     ">= 0")
+
+
+class _Step(nn.Module):
+  """One ACT step of the shared block; scanned over steps."""
+
+  config: Config
+  train: bool
+
+  @nn.compact
+  def __call__(self, carry, step_index):
+    cfg = self.config
+    state_BxLxD, output_BxLxD, act, mask_BxL = carry
+    step_embed = self.param("step_embedding", nn.initializers.normal(0.02),
+                            (cfg.encoder.depth, cfg.encoder.width))
+    stepped = state_BxLxD + step_embed[step_index]
+    halting_unit = nn.Dense(
+        1, kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(cfg.halting_bias_init),
+        dtype=jnp.float32, name="halting")
+    if cfg.act_level == "per_token":
+      prob = nn.sigmoid(halting_unit(stepped)[..., 0])
+    else:
+      prob = nn.sigmoid(
+          halting_unit(encoder.masked_mean(stepped, mask_BxL))[..., 0])
+    act, weight = halting.step(act, prob, epsilon=cfg.act_epsilon,
+                               is_last=step_index == cfg.encoder.depth - 1)
+    new_state = encoder.EncoderBlock(cfg.encoder, name="block")(
+        stepped, mask_BxL, num_main=stepped.shape[1], train=self.train)
+    weight_b = weight[..., None] if weight.ndim == 2 else weight[:, None, None]
+    output_BxLxD = halting.accumulate(output_BxLxD, new_state, weight_b,
+                                      cfg.act_type)
+    return (new_state, output_BxLxD, act, mask_BxL), None
+
+
+class Model(nn.Module):
+  """Stem -> ACT loop over one shared block -> LayerNorm -> pool -> head."""
+
+  config: Config
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, train: bool
+               ) -> outputs.ModelOutput:
+    cfg = self.config
+    enc = cfg.encoder
+    x = stems.Stem(cfg.stem, enc.width, cfg.patch_size, cfg.posemb,
+                   cls_token=cfg.classifier == "token", dropout=enc.dropout,
+                   name="stem")(inputs, train=train)
+    mask_BxL = jnp.ones(x.shape[:2], bool)
+    shape = x.shape[:2] if cfg.act_level == "per_token" else x.shape[:1]
+    scan = nn.scan(_Step, variable_broadcast="params",
+                   split_rngs={"params": False, "dropout": True},
+                   length=enc.depth)
+    carry = (x, jnp.zeros_like(x), halting.init(shape), mask_BxL)
+    (_, out, act, _), _ = scan(cfg, train, name="act")(
+        carry, jnp.arange(enc.depth))
+    out = nn.LayerNorm(name="encoder_norm")(out)
+    logits = encoder.Head(cfg.num_classes, cfg.head_bias_init, name="head")(
+        encoder.pool(out, mask_BxL, cfg.classifier))
+    cost = halting.ponder_cost(act)
+    steps = act.updates
+    if cfg.act_level == "per_token":
+      weights = mask_BxL.astype(jnp.float32)
+      cost = (cost * weights).sum(1) / weights.sum(1)
+      steps = (steps * weights).sum(1) / weights.sum(1)
+    return outputs.ModelOutput(
+        logits=logits,
+        aux_loss_B=cfg.act_loss_weight * cost,
+        ponder_cost_B=cost,
+        ponder_steps_B=steps)

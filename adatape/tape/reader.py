@@ -1,0 +1,236 @@
+"""Adaptive tape reading (ATR) as one pure, static-shape function.
+
+`read_tape` takes an already-normalised query and bank and returns a typed
+`TapeReadout`. There are no parameters inside, so it runs the same way in
+`init` and `apply`, under `jit`, `grad` and any sharding (the official code
+needed an init-mode special case for its `nn.cond`; bug B5).
+
+One reading step (spec section 1.5, with the official bugs fixed):
+  scores a = q . keys^T over the bank; entries already read are excluded
+  with -inf (B12); the top K = floor(T / epsilon) are taken *per example*
+  (B2: the official flat gather made every example use example 0's scores),
+  weighted by softmax(a_top / sqrt(d_k)) and merged into tape token(s); the
+  halting sum grows by the top-p weights until it reaches epsilon.
+
+Shapes: B batch, M bank entries, D width, Dk key width, T tape tokens,
+S = T / p reading steps, K candidates per step, p tokens per step.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adatape.tape import config as tape_config
+
+# Bank entries hidden by bank dropout get this penalty instead of -inf, so a
+# heavily dropped bank degrades to reading hidden entries at ~zero weight
+# instead of producing NaNs.
+_DROPPED_PENALTY = 1e9
+
+
+class TapeReadout(NamedTuple):
+  """What one tape read returns.
+
+  Attributes:
+    tokens_BxTxD: tape tokens; slots past the example's length are zeros.
+    mask_BxT: True for the slots that belong to the example's tape.
+    length_B: number of valid tape tokens (int32).
+    loss_B: the ATR loss, summed over the steps the example was running.
+    indices_BxSxK: bank entries considered at each step (for heatmaps).
+    weights_BxSxK: their mixing weights.
+  """
+
+  tokens_BxTxD: jax.Array
+  mask_BxT: jax.Array
+  length_B: jax.Array
+  loss_B: jax.Array
+  indices_BxSxK: jax.Array
+  weights_BxSxK: jax.Array
+
+
+class _Carry(NamedTuple):
+  query_BxDk: jax.Array
+  halting_B: jax.Array
+  loss_B: jax.Array
+  steps_B: jax.Array
+  used_BxM: jax.Array
+
+
+def _scores(query_BxDk: jax.Array, keys: jax.Array) -> jax.Array:
+  """Query-key dot products; keys are [M, Dk] (shared) or [B, M, Dk]."""
+  if keys.ndim == 2:
+    return query_BxDk @ keys.T
+  return jnp.einsum("bd,bmd->bm", query_BxDk, keys)
+
+
+def _gather_rows(bank: jax.Array, indices_BxK: jax.Array) -> jax.Array:
+  """bank[b, indices[b, k]] for a [B, M, D] bank, bank[indices] for [M, D]."""
+  if bank.ndim == 2:
+    return bank[indices_BxK]
+  return jnp.take_along_axis(bank, indices_BxK[..., None], axis=1)
+
+
+def _group_matrix(num_candidates: int, tokens_per_step: int) -> np.ndarray:
+  """[p, K] 0/1 matrix dealing candidates round-robin into p groups.
+
+  Group g holds ranks g, g + p, g + 2p, ...: the top-p candidates, whose
+  weights form the halting increment, each lead one emitted token.
+  """
+  ranks = np.arange(num_candidates)
+  groups = np.arange(tokens_per_step)[:, None]
+  return (ranks[None, :] % tokens_per_step == groups).astype(np.float32)
+
+
+def _merge(weights_BxK: jax.Array, cand_BxKxD: jax.Array,
+           tokens_per_step: int) -> jax.Array:
+  """Weighted merge of the K candidates into p tokens, [B, p, D].
+
+  With p = 1 this is the official merge sum_j w_j v_j. With p > 1 (bug B4:
+  undefined in the official code) each group is a convex combination of its
+  candidates, so every emitted token has the scale of a bank entry.
+  """
+  if tokens_per_step == 1:
+    return jnp.einsum("bk,bkd->bd", weights_BxK, cand_BxKxD)[:, None, :]
+  groups_PxK = jnp.asarray(
+      _group_matrix(weights_BxK.shape[-1], tokens_per_step))
+  grouped_BxPxK = groups_PxK[None] * weights_BxK[:, None, :]
+  grouped_BxPxK = grouped_BxPxK / grouped_BxPxK.sum(-1, keepdims=True)
+  return jnp.einsum("bpk,bkd->bpd", grouped_BxPxK, cand_BxKxD)
+
+
+def read_tape(query_BxD: jax.Array,
+              bank: jax.Array,
+              config: tape_config.TapeConfig,
+              dropped_BxM: jax.Array | None = None) -> TapeReadout:
+  """Reads a tape of up to T tokens from `bank` for each example.
+
+  Args:
+    query_BxD: the normalised query (spec section 1.3: LN of pooled stream).
+    bank: the normalised bank, [M, D] (shared) or [B, M, D] (per example).
+      Its first D / key_split channels are the keys; values are the whole
+      vectors.
+    config: tape settings.
+    dropped_BxM: optional bank-dropout mask (True: hidden from the example).
+
+  Returns:
+    A TapeReadout. Computation is in float32 whatever the input dtype, since
+    the halting sums compare against a threshold.
+  """
+  query_BxD = query_BxD.astype(jnp.float32)
+  bank = bank.astype(jnp.float32)
+  batch, width = query_BxD.shape
+  key_dim = width // config.key_split
+  keys = bank[..., :key_dim]
+  if not config.adaptive:
+    return _read_fixed(query_BxD[:, :key_dim], keys, bank, config, dropped_BxM)
+
+  num_bank = bank.shape[-2]
+  num_cand = config.num_candidates
+  p = config.tokens_per_step
+  eps = jnp.float32(config.epsilon)
+  scale = 1.0 / np.sqrt(key_dim)
+
+  def step(carry: _Carry, _):
+    scores_BxM = _scores(carry.query_BxDk, keys)
+    masked_BxM = jnp.where(carry.used_BxM, -jnp.inf, scores_BxM)
+    if dropped_BxM is not None:
+      masked_BxM = jnp.where(dropped_BxM & ~carry.used_BxM,
+                             masked_BxM - _DROPPED_PENALTY, masked_BxM)
+    top_BxK, index_BxK = jax.lax.top_k(masked_BxM, num_cand)
+    if config.legacy_flat_gather:
+      # Official behaviour: a gather on the flattened [B*M] scores with
+      # indices < M, i.e. every example reads row 0.
+      top_BxK = jnp.take(scores_BxM.reshape(-1), index_BxK)
+    weight_BxK = jax.nn.softmax(top_BxK * scale, axis=-1)
+    if config.loss_type == "entropy":
+      step_loss_B = 1.0 - jnp.sum(weight_BxK**2, axis=-1)
+    else:
+      step_loss_B = 1.0 - jnp.max(weight_BxK, axis=-1)
+    increment_B = jnp.sum(weight_BxK[:, :p], axis=-1)
+
+    running_B = carry.halting_B < eps
+    halts_B = running_B & (carry.halting_B + increment_B >= eps)
+    continues_B = running_B & ~halts_B
+    halting_B = jnp.where(
+        halts_B, eps, carry.halting_B + increment_B * continues_B)
+    loss_B = carry.loss_B + step_loss_B * running_B
+    steps_B = carry.steps_B + running_B.astype(jnp.int32)
+
+    cand_BxKxD = _gather_rows(bank, index_BxK)
+    tokens_BxPxD = _merge(weight_BxK, cand_BxKxD, p)
+    read_key_BxDk = jnp.einsum("bk,bkd->bd", weight_BxK,
+                               cand_BxKxD[..., :key_dim])
+    if config.complex_query:
+      query_BxDk = 0.5 * (carry.query_BxDk + read_key_BxDk)
+    else:
+      query_BxDk = read_key_BxDk
+    used_BxM = carry.used_BxM.at[
+        jnp.arange(batch)[:, None], index_BxK].set(True)
+    new_carry = _Carry(query_BxDk, halting_B, loss_B, steps_B, used_BxM)
+    return new_carry, (tokens_BxPxD, index_BxK, weight_BxK)
+
+  def skip(carry: _Carry, _):
+    zeros = (jnp.zeros((batch, p, width), jnp.float32),
+             jnp.zeros((batch, num_cand), jnp.int32),
+             jnp.zeros((batch, num_cand), jnp.float32))
+    return carry, zeros
+
+  def maybe_step(carry: _Carry, x):
+    done = jnp.all(carry.halting_B >= eps)
+    return jax.lax.cond(done, skip, step, carry, x)
+
+  init = _Carry(
+      query_BxDk=query_BxD[:, :key_dim],
+      halting_B=jnp.zeros((batch,), jnp.float32),
+      loss_B=jnp.zeros((batch,), jnp.float32),
+      steps_B=jnp.zeros((batch,), jnp.int32),
+      used_BxM=jnp.zeros((batch, num_bank), bool))
+  body = maybe_step if config.early_stop else step
+  final, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK) = jax.lax.scan(
+      body, init, None, length=config.num_steps)
+
+  tokens_BxTxD = jnp.moveaxis(tokens_SxBxPxD, 0, 1).reshape(
+      batch, config.num_tokens, width)
+  length_B = final.steps_B * p
+  mask_BxT = jnp.arange(config.num_tokens)[None, :] < length_B[:, None]
+  # Zero the slots past each example's length (bug B3): what a halted
+  # example's later steps computed must not depend on the rest of the batch.
+  tokens_BxTxD = jnp.where(mask_BxT[..., None], tokens_BxTxD, 0.0)
+  return TapeReadout(
+      tokens_BxTxD=tokens_BxTxD,
+      mask_BxT=mask_BxT,
+      length_B=length_B,
+      loss_B=final.loss_B,
+      indices_BxSxK=jnp.moveaxis(index_SxBxK, 0, 1),
+      weights_BxSxK=jnp.moveaxis(weight_SxBxK, 0, 1))
+
+
+def _read_fixed(query_BxDk: jax.Array, keys: jax.Array, bank: jax.Array,
+                config: tape_config.TapeConfig,
+                dropped_BxM: jax.Array | None) -> TapeReadout:
+  """Non-adaptive reading: the top-T bank entries by score, every time.
+
+  The forward value is exactly the selected (normalised) bank entries, as in
+  the official fallback. Unlike it (bug B9), the selection gets a gradient:
+  each token is scaled by w / stop_gradient(w) with w = softmax over the
+  selected scores, which is 1 in value and d log w in derivative.
+  """
+  batch = query_BxDk.shape[0]
+  key_dim = query_BxDk.shape[-1]
+  scores_BxM = _scores(query_BxDk, keys)
+  if dropped_BxM is not None:
+    scores_BxM = jnp.where(dropped_BxM, scores_BxM - _DROPPED_PENALTY,
+                           scores_BxM)
+  top_BxT, index_BxT = jax.lax.top_k(scores_BxM, config.num_tokens)
+  weight_BxT = jax.nn.softmax(top_BxT / np.sqrt(key_dim), axis=-1)
+  gate_BxT = weight_BxT / jax.lax.stop_gradient(weight_BxT)
+  tokens_BxTxD = _gather_rows(bank, index_BxT) * gate_BxT[..., None]
+  return TapeReadout(
+      tokens_BxTxD=tokens_BxTxD,
+      mask_BxT=jnp.ones((batch, config.num_tokens), bool),
+      length_B=jnp.full((batch,), config.num_tokens, jnp.int32),
+      loss_B=jnp.zeros((batch,), jnp.float32),
+      indices_BxSxK=index_BxT[:, None, :],
+      weights_BxSxK=weight_BxT[:, None, :])
