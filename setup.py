@@ -25,7 +25,8 @@ setuptools.setup(
     version="0.1.0",
     description="AdaTape (elastic input sequences) and adaptive-computation "
     "baselines in JAX/Flax.",
-    packages=setuptools.find_packages(include=["adatape", "adatape.*"]),
+    packages=setuptools.find_packages(
+        include=["adatape", "adatape.*", "configs", "configs.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=_INSTALL_REQUIRES,
     extras_require={

@@ -1,0 +1,125 @@
+"""Parity data, generated on the host (spec section 5).
+
+Two variants:
+  uniform  every element i.i.d. uniform in {+1, 0, -1} (the official AdaTape
+           task); label = parity of the number of +1s.
+  graves   a uniformly random number k in [1, S] of positions hold +1 or -1,
+           the rest 0 (Graves 2016 / PonderNet); same label.
+
+Inputs are one-hot `[S, 3]` with index 0 <-> -1, 1 <-> 0, 2 <-> +1.
+
+Every batch is a pure function of (seed, split, step, process index), drawn
+from its own numpy Philox stream, so a resumed run sees exactly the batches
+an uninterrupted run would, and no two processes, steps or splits share
+random numbers. The eval set is fixed: the same examples at every eval.
+"""
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from adatape import run_config
+
+VARIANTS = ("uniform", "graves")
+_SPLIT_IDS = {"train": 0, "eval": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`data.*` keys for parity.
+
+  Attributes:
+    name: "parity".
+    seq_len: S, the number of elements.
+    variant: "uniform" or "graves".
+    eval_examples: size of the fixed eval set.
+  """
+
+  name: str = "parity"
+  seq_len: int = 32
+  variant: str = "uniform"
+  eval_examples: int = 4096
+
+  def __post_init__(self):
+    run_config.check(self.seq_len >= 1,
+                     f"data.seq_len={self.seq_len} must be >= 1")
+    run_config.check_choice("data.variant", self.variant, VARIANTS)
+    run_config.check(self.eval_examples >= 1,
+                     f"data.eval_examples={self.eval_examples} must be >= 1")
+
+
+def sample(rng: np.random.Generator, batch_size: int, seq_len: int,
+           variant: str) -> dict[str, np.ndarray]:
+  """Draws `batch_size` examples: inputs `[B, S, 3]`, label, values `[B, S]`."""
+  if variant == "uniform":
+    values = rng.integers(-1, 2, size=(batch_size, seq_len), dtype=np.int8)
+  else:
+    signs = rng.choice(np.array([-1, 1], np.int8), size=(batch_size, seq_len))
+    nonzero = rng.integers(1, seq_len + 1, size=(batch_size, 1))
+    # A random permutation rank per position; the k lowest are non-zero.
+    ranks = np.argsort(rng.random((batch_size, seq_len)), axis=1)
+    values = np.where(ranks < nonzero, signs, 0).astype(np.int8)
+  label = (np.sum(values == 1, axis=1) % 2).astype(np.int32)
+  inputs = np.eye(3, dtype=np.float32)[values + 1]
+  return {"inputs": inputs, "label": label, "values": values}
+
+
+def _rng(seed: int, split: str, step: int, process_index: int
+         ) -> np.random.Generator:
+  key = np.random.SeedSequence([seed, _SPLIT_IDS[split], step, process_index])
+  return np.random.Generator(np.random.Philox(key))
+
+
+class Source:
+  """Per-process parity batches for the trainer.
+
+  Attributes:
+    input_shape: shape of one example's input.
+    num_classes: 2.
+  """
+
+  num_classes = 2
+
+  def __init__(self, config: Config, *, seed: int, process_index: int,
+               process_count: int):
+    self.config = config
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+    self.input_shape = (config.seq_len, 3)
+
+  def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
+    """The process-local batch for global training step `step`."""
+    rng = _rng(self.seed, "train", step, self.process_index)
+    batch = sample(rng, local_batch, self.config.seq_len, self.config.variant)
+    del batch["values"]
+    return batch
+
+  def eval_set(self) -> dict[str, np.ndarray]:
+    """The whole fixed eval set (identical on every process)."""
+    rng = _rng(self.seed, "eval", 0, 0)
+    return sample(rng, self.config.eval_examples, self.config.seq_len,
+                  self.config.variant)
+
+  def eval_batches(self, local_batch: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of the eval set, padded, with a `mask` key.
+
+    Every process yields the same number of batches (a requirement of
+    collective computation); padding rows have mask 0, so summing masked
+    metrics over all processes counts every example exactly once.
+    """
+    data = self.eval_set()
+    del data["values"]
+    total = self.config.eval_examples
+    global_batch = local_batch * self.process_count
+    num_batches = -(-total // global_batch)
+    for b in range(num_batches):
+      start = b * global_batch + self.process_index * local_batch
+      index = np.arange(start, start + local_batch)
+      valid = index < total
+      index = np.where(valid, index, 0)
+      batch = {k: v[index] for k, v in data.items()}
+      batch["mask"] = valid.astype(np.float32)
+      yield batch

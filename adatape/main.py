@@ -1,0 +1,88 @@
+r"""Command line: train any config, resuming from the workdir.
+
+  python -m adatape.main --config=configs/parity/adatape.py[:ARGS] \
+      --workdir=DIR [--config.KEY=VALUE ...]
+
+Bad input (missing config file, unknown key, wrong type, impossible value)
+ends with one line on stderr naming the problem and exit status 2, before
+anything is written to the workdir. Set ADATAPE_DISTRIBUTED=1 to call
+`jax.distributed.initialize()` first (multi-host jobs).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, optionally with :ARGS.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs and results.")
+
+
+def _fail(message: str, status: int = 2) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags, turning every config problem into one line."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is None:
+      _fail("--config is required (e.g. --config=configs/parity/adatape.py)")
+  except flags.Error as e:
+    _fail(_one_line(e))
+  except Exception as e:  # pylint: disable=broad-except
+    # Errors raised while executing the config file (a bad `:ARG`, a typo).
+    _fail(f"--config: {_one_line(e)}")
+  if not _WORKDIR.value:
+    _fail("--workdir is required")
+  return rest
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error).strip()
+  # absl wraps errors as "flag --config=...: <message>"; keep the message
+  # and any "valid keys" hint, drop multi-line tracebacks.
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  # Imported here so that flag errors are reported without importing jax.
+  from adatape import run_config  # pylint: disable=g-import-not-at-top
+  from adatape import train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if os.environ.get("ADATAPE_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, workdir)
+  except run_config.ConfigError as e:
+    _fail(str(e))
+  except train.NonFiniteError as e:
+    _fail(str(e), status=1)
+  if jax.process_index() == 0:
+    summary = [f"final eval accuracy {results['eval/accuracy']:.4f}"]
+    if "eval/tape_length" in results:
+      summary.append(f"mean tape length {results['eval/tape_length']:.2f}")
+    if "eval/ponder_steps" in results:
+      summary.append(f"mean ponder steps {results['eval/ponder_steps']:.2f}")
+    summary.append(f"{results['steps']} steps in "
+                   f"{results['wall_time_s']:.0f}s")
+    print("; ".join(summary))
+    print(f"results:     {os.path.join(workdir, 'results.json')}")
+    print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
+    print(f"tensorboard: tensorboard --logdir {workdir}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,87 @@
+"""Optimizer and learning-rate schedule from the `optim.*` config keys.
+
+The official recipe (spec 4.2): AdamW (b1 0.9, b2 0.999, decoupled weight
+decay multiplied by the learning rate, applied to every parameter), linear
+warmup then cosine decay to zero, global-norm clipping at 1.0. Clipping
+happens on the global gradient, which under jit is already the mean over all
+devices.
+"""
+
+import dataclasses
+
+import jax
+import optax
+
+from adatape import run_config
+
+SCHEDULES = ("cosine", "constant")
+DECAY_MASKS = ("all", "kernels")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`optim.*` keys.
+
+  Attributes:
+    learning_rate: peak learning rate.
+    warmup_steps: linear warmup from 0.
+    schedule: "cosine" (to 0 at total_steps) or "constant" after warmup.
+    weight_decay: decoupled AdamW weight decay.
+    b1: Adam beta1.
+    b2: Adam beta2.
+    clip_norm: global gradient-norm clip (0: off).
+    decay_mask: "all" parameters (official) or only "kernels" (matrices and
+      the learnable bank; no biases, LayerNorms or embeddings' scales).
+  """
+
+  learning_rate: float = 1e-3
+  warmup_steps: int = 0
+  schedule: str = "cosine"
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  clip_norm: float = 1.0
+  decay_mask: str = "all"
+
+  def __post_init__(self):
+    check = run_config.check
+    check(self.learning_rate > 0,
+          f"optim.learning_rate={self.learning_rate} must be > 0")
+    check(self.warmup_steps >= 0,
+          f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+    run_config.check_choice("optim.schedule", self.schedule, SCHEDULES)
+    run_config.check_choice("optim.decay_mask", self.decay_mask, DECAY_MASKS)
+    check(self.weight_decay >= 0,
+          f"optim.weight_decay={self.weight_decay} must be >= 0")
+    check(0 <= self.b1 < 1 and 0 <= self.b2 < 1,
+          "optim.b1 and optim.b2 must be in [0, 1)")
+    check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm} must be >= 0")
+
+
+def schedule(config: Config, total_steps: int) -> optax.Schedule:
+  """lr(g) = peak * min(1, g / warmup) * cosine((g - warmup) / (total - warmup))."""
+  warmup = min(config.warmup_steps, total_steps)
+  if config.schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(config.learning_rate)], [warmup])
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate,
+      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+      end_value=0.0)
+
+
+def _kernel_mask(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim >= 2, params)
+
+
+def create(config: Config, total_steps: int) -> optax.GradientTransformation:
+  """AdamW with the schedule, preceded by global-norm clipping."""
+  mask = _kernel_mask if config.decay_mask == "kernels" else None
+  adamw = optax.adamw(schedule(config, total_steps), b1=config.b1,
+                      b2=config.b2, weight_decay=config.weight_decay,
+                      mask=mask)
+  if config.clip_norm:
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+  return adamw

@@ -1,0 +1,148 @@
+"""What a run writes for people and programs to read.
+
+  TensorBoard   event files in the workdir (clu SummaryWriter);
+  console       one progress line per log step (a clu MetricWriter), with
+                loss, accuracy, tape length / ponder steps, steps/s and ETA;
+  metrics.jsonl one JSON object per logged step, `{"step": N, ...}`;
+  results.json  written once, atomically, when the run finishes.
+
+Only process 0 writes files. On resume, rows of metrics.jsonl past the
+restored step (logged after the last checkpoint) are dropped, so the file
+always describes the run that the checkpoints continue.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+from clu import metric_writers
+from clu.metric_writers import interface
+
+_CONSOLE_KEYS = (
+    ("train/loss", "loss", "{:.4f}"),
+    ("train/accuracy", "acc", "{:.3f}"),
+    ("train/tape_length", "tape", "{:.2f}"),
+    ("train/ponder_steps", "ponder", "{:.2f}"),
+    ("eval/accuracy", "eval acc", "{:.4f}"),
+    ("eval/tape_length", "eval tape", "{:.2f}"),
+    ("eval/ponder_steps", "eval ponder", "{:.2f}"),
+    ("perf/steps_per_sec", "steps/s", "{:.1f}"),
+)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class ConsoleWriter(interface.MetricWriter):
+  """Prints scalars as one compact progress line to stdout."""
+
+  def __init__(self, total_steps: int):
+    self._total = total_steps
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    parts = [f"step {step}/{self._total}"]
+    for key, label, fmt in _CONSOLE_KEYS:
+      if key in scalars:
+        parts.append(f"{label} {fmt.format(float(scalars[key]))}")
+    if "perf/eta_sec" in scalars:
+      parts.append(f"ETA {_duration(float(scalars['perf/eta_sec']))}")
+    print(" | ".join(parts), flush=True)
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    sys.stdout.flush()
+
+  def close(self):
+    self.flush()
+
+
+def atomic_write_json(path: str, payload: Any) -> None:
+  """Writes JSON to `path` via a temporary file and rename."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+class Reporter:
+  """Writes metrics of one run segment (from `start_step` on)."""
+
+  def __init__(self, workdir: str, *, total_steps: int, start_step: int,
+               is_main: bool):
+    self._workdir = workdir
+    self._is_main = is_main
+    self._total = total_steps
+    writers = [ConsoleWriter(total_steps)] if is_main else []
+    if is_main:
+      writers.append(metric_writers.SummaryWriter(workdir))
+    self.writer = metric_writers.MultiWriter(writers)
+    self._jsonl = os.path.join(workdir, "metrics.jsonl")
+    if is_main:
+      self._truncate_jsonl(start_step)
+    self._last_step = start_step
+    self._last_time = time.monotonic()
+
+  def _truncate_jsonl(self, start_step: int) -> None:
+    if not os.path.exists(self._jsonl):
+      return
+    with open(self._jsonl) as f:
+      rows = [line for line in f
+              if line.strip() and json.loads(line)["step"] <= start_step]
+    with open(self._jsonl + ".tmp", "w") as f:
+      f.writelines(rows)
+    os.replace(self._jsonl + ".tmp", self._jsonl)
+
+  def restart_clock(self, step: int) -> None:
+    """Excludes time spent elsewhere (eval, compile) from steps/s."""
+    self._last_step = step
+    self._last_time = time.monotonic()
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    """Writes scalars, adding steps/s and ETA when steps have passed."""
+    scalars = dict(scalars)
+    now = time.monotonic()
+    if step > self._last_step and now > self._last_time:
+      rate = (step - self._last_step) / (now - self._last_time)
+      scalars["perf/steps_per_sec"] = rate
+      scalars["perf/eta_sec"] = (self._total - step) / rate
+      self._last_step, self._last_time = step, now
+    if not self._is_main:
+      return
+    self.writer.write_scalars(step, scalars)
+    row = {"step": step}
+    row.update({k: (v if math.isfinite(v) else str(v))
+                for k, v in scalars.items()})
+    with open(self._jsonl, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()

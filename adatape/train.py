@@ -1,0 +1,387 @@
+"""The one trainer: `train_and_evaluate(config, workdir)` for every model.
+
+`train_step` and `eval_step` are pure module-level functions; the trainer
+binds the model and optimizer with `functools.partial` and compiles them
+with `jax.jit` and explicit `NamedSharding`s on a device mesh (see
+`parallel.py`). Everything a resumed run needs is in the checkpoint: the
+train state (parameters, optimizer state, step, RNG key) and the data
+position (= the step, since batches are a pure function of it). Per-step
+randomness is `fold_in(key, step)`, so a resumed run draws the same numbers.
+
+Order of business in `train_and_evaluate`: validate everything (config,
+data, model, mesh) before touching the workdir; refuse a workdir that holds
+a different run; resume from its latest checkpoint if any; train, logging
+and evaluating periodically; stop with the last good checkpoint intact if
+the loss or gradient stops being finite; write results.json at the end.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from adatape import checkpointing
+from adatape import data as data_lib
+from adatape import models
+from adatape import optim
+from adatape import parallel
+from adatape import reporting
+from adatape import run_config
+from adatape.models import outputs
+
+LOSSES = ("softmax_xent", "sigmoid_xent")
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient norm became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Top-level run keys: how long, how big, how often.
+
+  Attributes:
+    seed: seeds parameters, dropout and data.
+    total_steps: training steps.
+    batch_size: global training batch.
+    eval_batch_size: global eval batch.
+    loss: "softmax_xent" or "sigmoid_xent" (sum over classes, the official
+      multi-label loss).
+    log_every_steps: train metrics and progress line interval.
+    eval_every_steps: eval interval (and always at the end).
+    checkpoint_every_steps: checkpoint interval (and always at the end).
+    max_checkpoints: checkpoints kept.
+  """
+
+  seed: int = 0
+  total_steps: int = 1000
+  batch_size: int = 128
+  eval_batch_size: int = 1024
+  loss: str = "softmax_xent"
+  log_every_steps: int = 100
+  eval_every_steps: int = 1000
+  checkpoint_every_steps: int = 1000
+  max_checkpoints: int = 3
+
+  def __post_init__(self):
+    for name in ("total_steps", "batch_size", "eval_batch_size",
+                 "log_every_steps", "eval_every_steps",
+                 "checkpoint_every_steps", "max_checkpoints"):
+      value = getattr(self, name)
+      run_config.check(value >= 1, f"{name}={value} must be >= 1")
+    run_config.check(self.seed >= 0, f"seed={self.seed} must be >= 0")
+    run_config.check_choice("loss", self.loss, LOSSES)
+
+
+_SECTIONS = ("model", "tape", "data", "optim", "mesh")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # Raw key data; per-step keys are fold_in(rng, step).
+
+
+def task_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
+  """Per-example classification loss `[B]` in float32."""
+  logits = logits.astype(jnp.float32)
+  if loss == "sigmoid_xent":
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.sigmoid_binary_cross_entropy(logits, onehot).sum(-1)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _aux_values(out: outputs.ModelOutput) -> dict[str, jax.Array]:
+  """Per-example auxiliaries present in this model's output."""
+  values = {}
+  if out.tape_length_B is not None:
+    values["tape_length"] = out.tape_length_B.astype(jnp.float32)
+    values["atr_loss"] = out.atr_loss_B
+  if out.ponder_cost_B is not None:
+    values["ponder_cost"] = out.ponder_cost_B
+    values["ponder_steps"] = out.ponder_steps_B
+  return values
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               model: Any, tx: optax.GradientTransformation,
+               lr_fn: optax.Schedule, loss: str
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns metrics (batch means)."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def loss_fn(params):
+    out = model.apply({"params": params}, batch["inputs"], train=True,
+                      rngs={"dropout": key})
+    task_B = task_loss(out.logits, batch["label"], loss)
+    total = task_B.mean() + out.aux_loss_B.mean()
+    return total, (out, task_B)
+
+  (total, (out, task_B)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  correct = out.logits.argmax(-1) == batch["label"]
+  metrics = {
+      "train/loss": total,
+      "train/task_loss": task_B.mean(),
+      "train/aux_loss": out.aux_loss_B.mean(),
+      "train/accuracy": correct.mean(),
+      "train/grad_norm": optax.global_norm(grads),
+      "train/learning_rate": lr_fn(state.step),
+  }
+  for name, value in _aux_values(out).items():
+    metrics[f"train/{name}"] = value.mean()
+    if name == "tape_length":
+      metrics["train/tape_length_var"] = value.var()
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any,
+              loss: str) -> dict[str, jax.Array]:
+  """Masked sums over a padded eval batch (exact when summed over batches)."""
+  out = model.apply({"params": params}, batch["inputs"], train=False)
+  mask = batch["mask"]
+  sums = {
+      "count": mask.sum(),
+      "correct": ((out.logits.argmax(-1) == batch["label"]) * mask).sum(),
+      "loss": (task_loss(out.logits, batch["label"], loss) * mask).sum(),
+  }
+  for name, value in _aux_values(out).items():
+    sums[name] = (value * mask).sum()
+    sums[f"{name}_sq"] = (value**2 * mask).sum()
+  return sums
+
+
+def evaluate(jitted_eval, params, source, mesh, local_batch: int
+             ) -> dict[str, float]:
+  """Runs the whole eval set; returns `eval/*` means over real examples."""
+  totals: dict[str, float] = {}
+  for local in source.eval_batches(local_batch):
+    sums = jax.device_get(jitted_eval(params, parallel.global_batch(
+        {k: local[k] for k in ("inputs", "label", "mask")}, mesh)))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = totals.pop("count")
+  result = {"eval/accuracy": totals.pop("correct") / count,
+            "eval/loss": totals.pop("loss") / count,
+            "eval/examples": count}
+  for name in [k for k in totals if not k.endswith("_sq")]:
+    mean = totals[name] / count
+    result[f"eval/{name}"] = mean
+    if name == "tape_length":
+      result["eval/tape_length_var"] = max(
+          totals[f"{name}_sq"] / count - mean**2, 0.0)
+  return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything validated from a config, before anything is written."""
+
+  schedule: Schedule
+  optim: optim.Config
+  mesh: parallel.Config
+  source: Any
+  model: Any
+
+
+def prepare(config: ml_collections.ConfigDict) -> Run:
+  """Validates the whole config; raises ConfigError naming the bad key."""
+  for section in _SECTIONS:
+    if section == "tape" and section not in config:
+      continue
+    run_config.check(section in config,
+                     f"the config has no `{section}` section")
+  top = {k: v for k, v in config.items() if k not in _SECTIONS}
+  schedule = run_config.to_dataclass(Schedule, top, "config")
+  optim_config = run_config.to_dataclass(optim.Config, config.optim, "optim")
+  mesh_config = run_config.to_dataclass(parallel.Config, config.mesh, "mesh")
+  source = data_lib.create(config, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  model = models.build(config, input_shape=source.input_shape,
+                       num_classes=source.num_classes)
+  return Run(schedule, optim_config, mesh_config, source, model)
+
+
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to continue a workdir that holds a run of another config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json())
+  if saved != current:
+    differing = sorted(_flat_diff(saved, current))
+    raise run_config.ConfigError(
+        f"workdir {workdir} holds a run with a different config "
+        f"({', '.join(differing[:5])} differ); use a new --workdir")
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    keys = set(a) | set(b)
+    return set().union(*[_flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+                         for k in keys]) if keys else set()
+  return set() if a == b else {prefix.rstrip(".")}
+
+
+def _all_finite(metrics: dict[str, Any]) -> bool:
+  return all(math.isfinite(float(metrics[k]))
+             for k in ("train/loss", "train/grad_norm"))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if possible); returns results."""
+  run = prepare(config)
+  sched = run.schedule
+  mesh = parallel.make_mesh(run.mesh)
+  num_devices = mesh.devices.size
+  for key, value in (("batch_size", sched.batch_size),
+                     ("eval_batch_size", sched.eval_batch_size)):
+    run_config.check(
+        value % num_devices == 0,
+        f"{key}={value} must be divisible by the {num_devices} devices of "
+        "the mesh")
+  _check_workdir(config, workdir)
+  is_main = jax.process_index() == 0
+  results_path = os.path.join(workdir, "results.json")
+
+  tx = optim.create(run.optim, sched.total_steps)
+  lr_fn = optim.schedule(run.optim, sched.total_steps)
+  dummy = jnp.zeros((1,) + tuple(run.source.input_shape), jnp.float32)
+
+  def init(seed_key):
+    params_key, dropout_key = jax.random.split(seed_key)
+    params = run.model.init({"params": params_key, "dropout": dropout_key},
+                            dummy, train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.fold_in(seed_key, 1)))
+
+  seed_key = jax.random.key(sched.seed)
+  abstract = jax.eval_shape(init, seed_key)
+  state_sharding = parallel.state_shardings(abstract, mesh, run.mesh)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, state_sharding)
+  num_params = sum(int(np.prod(x.shape))
+                   for x in jax.tree.leaves(abstract.params))
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      every_steps=sched.checkpoint_every_steps,
+      max_to_keep=sched.max_checkpoints)
+  latest = ckpt.latest_step()
+  if latest == sched.total_steps and os.path.exists(results_path):
+    ckpt.close()
+    with open(results_path) as f:
+      results = json.load(f)
+    print(f"run already finished ({sched.total_steps} steps); results in "
+          f"{results_path}", flush=True)
+    return results
+  if is_main:
+    reporting.atomic_write_json(os.path.join(workdir, "config.json"),
+                                json.loads(config.to_json()))
+
+  if latest is not None:
+    state, meta = ckpt.restore(latest, abstract)
+    train_time = float(meta["train_time_s"])
+    print(f"resumed from step {latest} in {workdir}/checkpoints", flush=True)
+  else:
+    state = jax.jit(init, out_shardings=state_sharding)(seed_key)
+    train_time = 0.0
+    print(f"training {config.model.name} ({num_params:,} parameters) for "
+          f"{sched.total_steps} steps on {num_devices} device(s)",
+          flush=True)
+  start_step = int(jax.device_get(state.step))
+
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  jit_train = jax.jit(
+      functools.partial(train_step, model=run.model, tx=tx, lr_fn=lr_fn,
+                        loss=sched.loss),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=0)
+  jit_eval = jax.jit(
+      functools.partial(eval_step, model=run.model, loss=sched.loss),
+      in_shardings=(state_sharding.params, batch_sharding),
+      out_shardings=replicated)
+  local_batch = sched.batch_size // jax.process_count()
+  local_eval_batch = sched.eval_batch_size // jax.process_count()
+
+  reporter = reporting.Reporter(workdir, total_steps=sched.total_steps,
+                                start_step=start_step, is_main=is_main)
+  eval_metrics: dict[str, float] = {}
+  eval_time = 0.0
+  segment_start = time.monotonic()
+  step = start_step
+  try:
+    while step < sched.total_steps:
+      batch = parallel.global_batch(
+          run.source.train_batch(step, local_batch), mesh)
+      state, metrics = jit_train(state, batch)
+      step += 1
+      last = step == sched.total_steps
+      do_log = step % sched.log_every_steps == 0 or last
+      do_eval = step % sched.eval_every_steps == 0 or last
+      do_save = step % sched.checkpoint_every_steps == 0 or last
+      if do_log or do_save:
+        metrics = jax.device_get(metrics)
+        if not _all_finite(metrics):
+          ckpt.wait()
+          raise NonFiniteError(
+              f"non-finite loss or gradient by step {step}; the last good "
+              f"checkpoint (step {ckpt.latest_step()}) in {workdir}/"
+              "checkpoints is intact; lower optim.learning_rate or check "
+              "the data")
+        if do_log:
+          reporter.write(step, {k: float(v) for k, v in metrics.items()})
+      if do_eval:
+        eval_start = time.monotonic()
+        eval_metrics = evaluate(jit_eval, state.params, run.source, mesh,
+                                local_eval_batch)
+        eval_time += time.monotonic() - eval_start
+        reporter.write(step, eval_metrics)
+        reporter.restart_clock(step)
+      if do_save:
+        elapsed = train_time + time.monotonic() - segment_start
+        ckpt.save(step, state, {"step": step, "data_position": step,
+                                "train_time_s": elapsed}, force=last)
+  finally:
+    ckpt.close()
+    reporter.close()
+
+  wall = train_time + time.monotonic() - segment_start
+  segment_steps = sched.total_steps - start_step
+  segment_time = time.monotonic() - segment_start - eval_time
+  results = dict(eval_metrics)
+  results.update({
+      "model": config.model.name,
+      "steps": sched.total_steps,
+      "wall_time_s": wall,
+      "steps_per_sec": segment_steps / max(segment_time, 1e-9),
+      "num_params": num_params,
+      "num_devices": num_devices,
+  })
+  if is_main:
+    reporting.atomic_write_json(results_path, results)
+  return results

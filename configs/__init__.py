@@ -1,0 +1,1 @@
+"""Experiment configs: `python -m adatape.main --config=configs/FAMILY/NAME.py`."""

@@ -1,0 +1,1 @@
+"""Parity configs: AdaTape and its baselines on the same data and budget."""
