@@ -118,8 +118,8 @@ def read_tape(query_BxD: jax.Array,
     A TapeReadout. Computation is in float32 whatever the input dtype, since
     the halting sums compare against a threshold.
   """
-  query_BxD = query_BxD.astype(jnp.float32)
-  bank = bank.astype(jnp.float32)
+  query_BxD = jnp.asarray(query_BxD, jnp.float32)
+  bank = jnp.asarray(bank, jnp.float32)
   batch, width = query_BxD.shape
   key_dim = width // config.key_split
   keys = bank[..., :key_dim]

@@ -1,0 +1,154 @@
+"""Models: batch independence, masks respected, gradients, ACT invariants."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from adatape import halting
+from adatape import models
+from adatape import run_config
+from adatape.models import encoder
+
+
+def _config(name, tape=None, **model):
+  c = ml_collections.ConfigDict()
+  c.model = dict(dict(name=name, width=32, depth=3, num_heads=4, mlp_dim=64),
+                 **model)
+  if tape is not None:
+    c.tape = dict(dict(num_tokens=8, epsilon=2.0, layers=(1,), key_split=4),
+                  **tape)
+  return c
+
+
+def _parity_inputs(batch, length=32, seed=0):
+  values = np.random.default_rng(seed).integers(0, 3, (batch, length))
+  return np.eye(3, dtype=np.float32)[values]
+
+
+def _init_apply(model, x, seed=0):
+  variables = model.init({"params": jax.random.key(seed)}, x[:1], train=False)
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  return variables, apply
+
+
+@pytest.mark.parametrize("model_kw, tape_kw", [
+    (dict(stem="flatten"), dict()),
+    (dict(stem="flatten", classifier="token"),
+     dict(mlp_dim=16, encoder_mlp_dim=16, layers=(0, 2))),
+    (dict(stem="flatten"), dict(bank="learn", bank_size=64)),
+])
+def test_adatape_example_alone_equals_example_in_batch(model_kw, tape_kw):
+  model = models.build(_config("adatape", tape=tape_kw, **model_kw),
+                       input_shape=(32, 3), num_classes=2)
+  x = _parity_inputs(16)
+  variables, apply = _init_apply(model, x)
+  batched = apply(variables, x)
+  for b in (0, 5, 15):
+    alone = apply(variables, x[b:b + 1])
+    assert int(alone.tape_length_B[0]) == int(batched.tape_length_B[b])
+    np.testing.assert_allclose(alone.logits[0], batched.logits[b],
+                               rtol=1e-5, atol=1e-6)
+  # A different batch around the same example changes nothing either.
+  shuffled = apply(variables, np.concatenate([x[5:6], _parity_inputs(7, 32, 1)]))
+  np.testing.assert_allclose(shuffled.logits[0], batched.logits[5],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_padded_positions_do_not_change_valid_outputs():
+  cfg = encoder.EncoderConfig(width=16, depth=1, num_heads=2, mlp_dim=32)
+  block = encoder.EncoderBlock(cfg, tape_mlp_dim=8)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 10, 16)).astype(np.float32)
+  mask = np.ones((3, 10), bool)
+  mask[:, 7:] = False
+  mask[1, 5:] = False
+  variables = block.init(jax.random.key(0), x, mask, num_main=6, train=False)
+  run = lambda x: block.apply(variables, x, mask, num_main=6, train=False)
+  noisy = np.where(mask[..., None], x, rng.normal(size=x.shape) * 100)
+  out, out_noisy = np.asarray(run(x)), np.asarray(run(noisy))
+  np.testing.assert_array_equal(out[mask], out_noisy[mask])
+  np.testing.assert_array_equal(encoder.masked_mean(out, mask),
+                                encoder.masked_mean(out_noisy, mask))
+  # Unmasked noise does change the output: the test can fail.
+  assert not np.allclose(run(noisy * 0 + x + 1.0)[mask], out[mask])
+
+
+def test_atr_gradient_reaches_every_example_through_the_model():
+  model = models.build(_config("adatape", tape={}, stem="flatten"),
+                       input_shape=(32, 3), num_classes=2)
+  x = _parity_inputs(8)
+  variables, _ = _init_apply(model, x)
+
+  def atr(x):
+    return model.apply(variables, x, train=False).atr_loss_B.sum()
+
+  grad = np.asarray(jax.grad(atr)(jnp.asarray(x)))
+  assert np.all(np.abs(grad).reshape(8, -1).sum(1) > 0)
+
+
+def test_patch_stem_with_learnable_and_patch_banks():
+  image = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(
+      np.float32)
+  for bank in ("learn", "input"):
+    model = models.build(
+        _config("adatape", tape=dict(bank=bank, bank_size=40), stem="patches",
+                patch_size=8, bank_patch_size=4, posemb=True),
+        input_shape=(32, 32, 3), num_classes=5)
+    variables, apply = _init_apply(model, image)
+    out = apply(variables, image)
+    assert out.logits.shape == (2, 5)
+    assert out.tape_mask_BxT.shape == (2, 8)
+  assert "bank" in variables["params"]
+  assert "posembed_input_bank" in variables["params"]["bank"]
+
+
+def test_universal_transformer_ponder_cost_at_init():
+  # Zero halting kernel, bias 1: p = sigmoid(1) = 0.731 at every step, so
+  # every token halts at step 2 with remainder 1 - 0.731 (spec A.3).
+  for level in ("per_token", "per_example"):
+    model = models.build(
+        _config("universal_transformer", act_level=level),
+        input_shape=(16, 3), num_classes=2)
+    x = _parity_inputs(4, 16)
+    variables, apply = _init_apply(model, x)
+    out = apply(variables, x)
+    p = 1 / (1 + np.exp(-1.0))
+    np.testing.assert_allclose(out.ponder_cost_B, 2 + (1 - p), rtol=1e-6)
+    np.testing.assert_allclose(out.ponder_steps_B, 2.0)
+
+
+def test_act_weights_sum_to_one_and_hand_case():
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(0.0, 0.6, size=(5, 7, 3)).astype(np.float32)
+  state = halting.init((7, 3))
+  total = np.zeros((7, 3), np.float32)
+  for t in range(5):
+    state, w = halting.step(state, probs[t], epsilon=0.01, is_last=t == 4)
+    total += np.asarray(w)
+  np.testing.assert_allclose(total, 1.0, rtol=1e-6)
+  # Hand case: p = 0.3, 0.5, 0.4 -> halts at step 3 with R = 1 - 0.8.
+  state = halting.init((1,))
+  weights = []
+  for p in (0.3, 0.5, 0.4):
+    state, w = halting.step(state, jnp.array([p]), epsilon=0.01,
+                            is_last=False)
+    weights.append(float(w[0]))
+  np.testing.assert_allclose(weights, [0.3, 0.5, 0.2], rtol=1e-6)
+  np.testing.assert_allclose(halting.ponder_cost(state), [3.2], rtol=1e-6)
+
+
+def test_model_config_errors_name_the_key():
+  with pytest.raises(run_config.ConfigError, match="tape.layers"):
+    models.build(_config("adatape", tape=dict(layers=(5,)), stem="flatten"),
+                 input_shape=(32, 3), num_classes=2)
+  with pytest.raises(run_config.ConfigError, match="bank"):
+    models.build(_config("adatape", tape=dict(num_tokens=16),
+                         stem="flatten"),
+                 input_shape=(16, 3), num_classes=2)
+  with pytest.raises(run_config.ConfigError, match="model.name"):
+    models.build(_config("resnet"), input_shape=(16, 3), num_classes=2)
+  with pytest.raises(run_config.ConfigError, match="model.num_heads"):
+    models.build(_config("transformer", num_heads=5), input_shape=(16, 3),
+                 num_classes=2)
