@@ -35,8 +35,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
     if _CONFIG.value is None:
       _fail("--config is required (e.g. --config=configs/parity/adatape.py)")
+    # The config file loads lazily; touch it so that a missing or broken
+    # file is reported here, as one line.
+    list(_CONFIG.value.keys())
   except flags.Error as e:
     _fail(_one_line(e))
+  except (AttributeError, KeyError) as e:
+    # A --config.KEY=VALUE override naming a key the config does not have.
+    key = str(e).strip("\"' ")
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    named = [o for o in overrides if o.split(".")[-1] == key]
+    _fail(f"{named[0] if named else '--config'}: {key!r} is not a key of "
+          "the config (it is locked; see the config file for valid keys)")
   except Exception as e:  # pylint: disable=broad-except
     # Errors raised while executing the config file (a bad `:ARG`, a typo).
     _fail(f"--config: {_one_line(e)}")

@@ -94,6 +94,19 @@ class TrainState:
   rng: jax.Array  # Raw key data; per-step keys are fold_in(rng, step).
 
 
+def init_state(seed_key: jax.Array, *, model: Any,
+               tx: optax.GradientTransformation,
+               input_shape: tuple[int, ...]) -> TrainState:
+  """A fresh train state: parameters from `seed_key`, step 0."""
+  params_key, dropout_key = jax.random.split(seed_key)
+  dummy = jnp.zeros((1,) + input_shape, jnp.float32)
+  params = model.init({"params": params_key, "dropout": dropout_key},
+                      dummy, train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params),
+                    rng=jax.random.key_data(jax.random.fold_in(seed_key, 1)))
+
+
 def task_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
   """Per-example classification loss `[B]` in float32."""
   logits = logits.astype(jnp.float32)
@@ -139,7 +152,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
       "train/task_loss": task_B.mean(),
       "train/aux_loss": out.aux_loss_B.mean(),
       "train/accuracy": correct.mean(),
-      "train/grad_norm": optax.global_norm(grads),
+      "train/grad_norm": optax.tree.norm(grads),
       "train/learning_rate": lr_fn(state.step),
   }
   for name, value in _aux_values(out).items():
@@ -265,16 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   tx = optim.create(run.optim, sched.total_steps)
   lr_fn = optim.schedule(run.optim, sched.total_steps)
-  dummy = jnp.zeros((1,) + tuple(run.source.input_shape), jnp.float32)
-
-  def init(seed_key):
-    params_key, dropout_key = jax.random.split(seed_key)
-    params = run.model.init({"params": params_key, "dropout": dropout_key},
-                            dummy, train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(seed_key, 1)))
-
+  init = functools.partial(init_state, model=run.model, tx=tx,
+                           input_shape=tuple(run.source.input_shape))
   seed_key = jax.random.key(sched.seed)
   abstract = jax.eval_shape(init, seed_key)
   state_sharding = parallel.state_shardings(abstract, mesh, run.mesh)

@@ -25,7 +25,7 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Data, budget and optimizer; no model."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = args.steps or 6000
+  c.total_steps = args.steps or 12000
   c.batch_size = 128
   c.eval_batch_size = 1024
   # The official AdaTape loss: sigmoid cross-entropy summed over classes.

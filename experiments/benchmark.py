@@ -1,0 +1,152 @@
+r"""What the adaptive tape reader costs: train-step and compile time.
+
+For two model sizes (the parity model, and a ViT-S/16-sized encoder on
+224x224 images with a learnable bank and T = 32), times the train step of
+  adatape   the adaptive reader (scan over T / p reading steps),
+  fixed     the same model with the reader replaced by a fixed top-T
+            selection (`tape.adaptive=False`),
+  vit       the plain Transformer / ViT without a tape,
+and prints per model: compile time, median step time, XLA's FLOP count of
+the compiled step and the achieved FLOP rate as a fraction of a measured f32
+matmul rate; per size: the reader's share of the AdaTape step,
+(t_adatape - t_fixed) / t_adatape.
+
+  python experiments/benchmark.py [--vit_batch=8] [--repeats=5]
+"""
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from adatape import models
+from adatape import optim
+from adatape import train
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """f32 GFLOP/s of a jitted n x n matmul on the default device."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _config(name, *, width, depth, heads, mlp, stem, tape=None, **model):
+  c = ml_collections.ConfigDict()
+  c.model = dict(name=name, width=width, depth=depth, num_heads=heads,
+                 mlp_dim=mlp, stem=stem, **model)
+  if tape is not None:
+    c.tape = tape
+  return c
+
+
+def parity_models() -> dict[str, ml_collections.ConfigDict]:
+  size = dict(width=64, depth=2, heads=4, mlp=256)
+  tape = dict(num_tokens=8, epsilon=2.0, key_split=4, layers=(1,))
+  return {
+      "adatape": _config("adatape", stem="flatten", tape=tape, **size),
+      "fixed": _config("adatape", stem="flatten",
+                       tape=dict(tape, adaptive=False), **size),
+      "transformer": _config("transformer", stem="sequence", **size),
+  }
+
+
+def vit_models() -> dict[str, ml_collections.ConfigDict]:
+  size = dict(width=384, depth=12, heads=6, mlp=1536, patch_size=16)
+  tape = dict(bank="learn", bank_size=10000, num_tokens=32, epsilon=2.0,
+              key_split=6, layers=(1,))
+  return {
+      "adatape": _config("adatape", stem="patches", posemb=True, tape=tape,
+                         **size),
+      "fixed": _config("adatape", stem="patches", posemb=True,
+                       tape=dict(tape, adaptive=False), **size),
+      "vit": _config("transformer", stem="patches", **size),
+  }
+
+
+def time_train_step(config, inputs, labels, repeats):
+  """(compile seconds, median step seconds, GFLOP per step)."""
+  model = models.build(config, input_shape=inputs.shape[1:],
+                       num_classes=int(labels.max()) + 1)
+  opt_config = optim.Config(learning_rate=1e-3, warmup_steps=10)
+  tx = optim.create(opt_config, 1000)
+  state = train.init_state(jax.random.key(0), model=model, tx=tx,
+                           input_shape=inputs.shape[1:])
+  step = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx,
+      lr_fn=optim.schedule(opt_config, 1000), loss="softmax_xent"),
+                 donate_argnums=0)
+  batch = {"inputs": jnp.asarray(inputs), "label": jnp.asarray(labels)}
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  gflop = float(cost.get("flops", float("nan"))) / 1e9
+  state, metrics = compiled(state, batch)  # Warm-up.
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(repeats):
+    begin = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - begin)
+  return compile_s, statistics.median(times), gflop
+
+
+def report(title, configs, inputs, labels, repeats, peak):
+  print(f"\n## {title}: batch {inputs.shape[0]}, input {inputs.shape[1:]}")
+  print(f"{'model':<12}{'compile s':>10}{'step ms':>10}{'GFLOP':>9}"
+        f"{'GFLOP/s':>9}{'of matmul':>11}")
+  times = {}
+  for name, config in configs.items():
+    compile_s, step_s, gflop = time_train_step(config, inputs, labels,
+                                               repeats)
+    times[name] = step_s
+    rate = gflop / step_s
+    print(f"{name:<12}{compile_s:>10.2f}{step_s * 1e3:>10.2f}{gflop:>9.2f}"
+          f"{rate:>9.1f}{rate / peak:>10.1%}")
+  share = (times["adatape"] - times["fixed"]) / times["adatape"]
+  print(f"reader share of the AdaTape train step: {share:.1%} "
+        f"(adatape {times['adatape'] * 1e3:.1f} ms vs fixed top-T "
+        f"{times['fixed'] * 1e3:.1f} ms)")
+  return times
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--parity_batch", type=int, default=128)
+  parser.add_argument("--vit_batch", type=int, default=8)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--skip_vit", action="store_true")
+  args = parser.parse_args()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} "
+        f"({jax.device_count()} device(s))")
+  peak = matmul_gflops()
+  print(f"measured f32 matmul rate (2048^3): {peak:.1f} GFLOP/s")
+  rng = np.random.default_rng(0)
+  values = rng.integers(0, 3, (args.parity_batch, 32))
+  report("parity model (D=64, 2 layers, S=32, T=8, eps=2)",
+         parity_models(), np.eye(3, dtype=np.float32)[values],
+         rng.integers(0, 2, args.parity_batch), max(args.repeats, 20), peak)
+  if not args.skip_vit:
+    images = rng.uniform(-1, 1, (args.vit_batch, 224, 224, 3)).astype(
+        np.float32)
+    report("ViT-S/16-sized encoder, learnable bank (M=10000, T=32, eps=2)",
+           vit_models(), images, rng.integers(0, 1000, args.vit_batch),
+           args.repeats, peak)
+
+
+if __name__ == "__main__":
+  main()

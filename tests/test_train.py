@@ -1,0 +1,182 @@
+"""The trainer: learning, files, exact resume, device-count invariance, guards."""
+
+import functools
+import glob
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from adatape import optim
+from adatape import run_config
+from adatape import train
+from adatape.data import parity
+from configs.parity import adatape as adatape_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(**overrides):
+  config = adatape_config.get_config("tiny")
+  config.mesh.data = 1
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _final_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
+
+
+def _assert_trees_equal(a, b, rtol=0.0):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if rtol:
+      np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def test_train_step_learns_a_fixed_batch():
+  config = _tiny(**{"optim.learning_rate": 3e-3})
+  run = train.prepare(config)
+  tx = optim.create(run.optim, 100)
+  state = train.init_state(jax.random.key(0), model=run.model, tx=tx,
+                           input_shape=run.source.input_shape)
+  step = jax.jit(functools.partial(
+      train.train_step, model=run.model, tx=tx,
+      lr_fn=optim.schedule(run.optim, 100), loss=config.loss))
+  batch = run.source.train_batch(0, 16)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["train/loss"]))
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert int(state.step) == 40
+
+
+def test_run_writes_every_file(tmp_path):
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(_tiny(), workdir)
+  for name in ("config.json", "metrics.jsonl", "results.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "2", "4", "6"]
+  for key in ("eval/accuracy", "eval/tape_length", "steps", "wall_time_s",
+              "steps_per_sec", "num_params"):
+    assert key in results, key
+  assert results["eval/examples"] == 40  # Every eval example, once.
+  assert 1 <= results["eval/tape_length"] <= 4
+  assert [s for s, _ in _losses(workdir)] == [2, 4, 6]
+  # Running the finished command again reports and trains nothing.
+  mtime = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
+  again = train.train_and_evaluate(_tiny(), workdir)
+  assert again == json.loads(json.dumps(results))
+  assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) == mtime
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(_tiny(), straight)
+
+  resumed = str(tmp_path / "resumed")
+  original = parity.Source.train_batch
+
+  def fail_at_step_5(self, step, local_batch):
+    if step == 5:
+      raise _Interrupt()
+    return original(self, step, local_batch)
+
+  monkeypatch.setattr(parity.Source, "train_batch", fail_at_step_5)
+  with pytest.raises(_Interrupt):
+    train.train_and_evaluate(_tiny(), resumed)
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == [
+      "2", "4"]
+  monkeypatch.setattr(parity.Source, "train_batch", original)
+  train.train_and_evaluate(_tiny(), resumed)
+
+  _assert_trees_equal(_final_params(straight, 6), _final_params(resumed, 6))
+  assert _losses(straight) == _losses(resumed)
+
+
+def test_four_devices_match_one_device(tmp_path):
+  assert jax.device_count() == 4
+  one, four = str(tmp_path / "one"), str(tmp_path / "four")
+  train.train_and_evaluate(_tiny(**{"mesh.data": 1}), one)
+  results = train.train_and_evaluate(_tiny(**{"mesh.data": 4}), four)
+  assert results["num_devices"] == 4
+  steps_one, loss_one = zip(*_losses(one))
+  steps_four, loss_four = zip(*_losses(four))
+  assert steps_one == steps_four
+  np.testing.assert_allclose(loss_one, loss_four, rtol=1e-5)
+  _assert_trees_equal(_final_params(one, 6), _final_params(four, 6),
+                      rtol=1e-4)
+
+
+def test_non_finite_loss_stops_with_last_checkpoint_intact(tmp_path,
+                                                           monkeypatch):
+  original = parity.Source.train_batch
+
+  def poison_from_step_3(self, step, local_batch):
+    batch = original(self, step, local_batch)
+    if step >= 3:
+      batch["inputs"] = batch["inputs"] * np.nan
+    return batch
+
+  monkeypatch.setattr(parity.Source, "train_batch", poison_from_step_3)
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(train.NonFiniteError, match="step 4.*step 2"):
+    train.train_and_evaluate(_tiny(), workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  for leaf in jax.tree.leaves(_final_params(workdir, 2)):
+    assert np.all(np.isfinite(leaf))
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny(), workdir)
+  with pytest.raises(run_config.ConfigError, match="tape.num_tokens"):
+    train.train_and_evaluate(_tiny(**{"tape.num_tokens": 2}), workdir)
+
+
+def _config_modules():
+  for path in sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.py"))):
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(module, "get_config"):
+      yield os.path.relpath(path, REPO), module
+
+
+def test_every_config_and_sweep_point_builds():
+  seen = 0
+  for path, module in _config_modules():
+    for arg in (None, "tiny"):
+      train.prepare(module.get_config(arg))
+    for length in (16, 64):
+      train.prepare(module.get_config(f"seq_len={length}"))
+    points = []
+    if hasattr(module, "sweep"):
+      module.sweep(lambda **kw: points.append(kw))
+      assert points, path
+    for point in points:
+      config = module.get_config()
+      config.update_from_flattened_dict(point)
+      train.prepare(config)
+    seen += 1
+  assert seen == 3
