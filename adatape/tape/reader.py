@@ -52,9 +52,7 @@ class TapeReadout(NamedTuple):
 
 class _Carry(NamedTuple):
   query_BxDk: jax.Array
-  halting_B: jax.Array
-  loss_B: jax.Array
-  steps_B: jax.Array
+  halting_B: jax.Array  # Running sum of increments (not clamped).
   used_BxM: jax.Array
 
 
@@ -144,20 +142,6 @@ def read_tape(query_BxD: jax.Array,
       # indices < M, i.e. every example reads row 0.
       top_BxK = jnp.take(scores_BxM.reshape(-1), index_BxK)
     weight_BxK = jax.nn.softmax(top_BxK * scale, axis=-1)
-    if config.loss_type == "entropy":
-      step_loss_B = 1.0 - jnp.sum(weight_BxK**2, axis=-1)
-    else:
-      step_loss_B = 1.0 - jnp.max(weight_BxK, axis=-1)
-    increment_B = jnp.sum(weight_BxK[:, :p], axis=-1)
-
-    running_B = carry.halting_B < eps
-    halts_B = running_B & (carry.halting_B + increment_B >= eps)
-    continues_B = running_B & ~halts_B
-    halting_B = jnp.where(
-        halts_B, eps, carry.halting_B + increment_B * continues_B)
-    loss_B = carry.loss_B + step_loss_B * running_B
-    steps_B = carry.steps_B + running_B.astype(jnp.int32)
-
     cand_BxKxD = _gather_rows(bank, index_BxK)
     tokens_BxPxD = _merge(weight_BxK, cand_BxKxD, p)
     read_key_BxDk = jnp.einsum("bk,bkd->bd", weight_BxK,
@@ -168,13 +152,15 @@ def read_tape(query_BxD: jax.Array,
       query_BxDk = read_key_BxDk
     used_BxM = carry.used_BxM.at[
         jnp.arange(batch)[:, None], index_BxK].set(True)
-    new_carry = _Carry(query_BxDk, halting_B, loss_B, steps_B, used_BxM)
-    return new_carry, (tokens_BxPxD, index_BxK, weight_BxK)
+    increment_B = jnp.sum(weight_BxK[:, :p], axis=-1)
+    new_carry = _Carry(query_BxDk, carry.halting_B + increment_B, used_BxM)
+    return new_carry, (tokens_BxPxD, index_BxK, weight_BxK, carry.halting_B)
 
   def skip(carry: _Carry, _):
     zeros = (jnp.zeros((batch, p, width), jnp.float32),
              jnp.zeros((batch, num_cand), jnp.int32),
-             jnp.zeros((batch, num_cand), jnp.float32))
+             jnp.zeros((batch, num_cand), jnp.float32),
+             carry.halting_B)
     return carry, zeros
 
   def maybe_step(carry: _Carry, x):
@@ -184,16 +170,27 @@ def read_tape(query_BxD: jax.Array,
   init = _Carry(
       query_BxDk=query_BxD[:, :key_dim],
       halting_B=jnp.zeros((batch,), jnp.float32),
-      loss_B=jnp.zeros((batch,), jnp.float32),
-      steps_B=jnp.zeros((batch,), jnp.int32),
       used_BxM=jnp.zeros((batch, num_bank), bool))
   body = maybe_step if config.early_stop else step
-  final, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK) = jax.lax.scan(
+  _, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
       body, init, None, length=config.num_steps)
+
+  # Halting bookkeeping, vectorised over steps (fewer ops inside the loop).
+  # An example runs at step t while its halting sum before t is below
+  # epsilon; the step that crosses epsilon is its last (spec 1.5, 7-10).
+  # `before_SxB` are the loop's own sequential sums, so the decisions are
+  # bit-identical to a step-by-step implementation.
+  running_SxB = before_SxB < eps
+  if config.loss_type == "entropy":
+    step_loss_SxB = 1.0 - jnp.sum(weight_SxBxK**2, axis=-1)
+  else:
+    step_loss_SxB = 1.0 - jnp.max(weight_SxBxK, axis=-1)
+  loss_B = jnp.sum(step_loss_SxB * running_SxB, axis=0)
+  steps_B = jnp.sum(running_SxB, axis=0, dtype=jnp.int32)
 
   tokens_BxTxD = jnp.moveaxis(tokens_SxBxPxD, 0, 1).reshape(
       batch, config.num_tokens, width)
-  length_B = final.steps_B * p
+  length_B = steps_B * p
   mask_BxT = jnp.arange(config.num_tokens)[None, :] < length_B[:, None]
   # Zero the slots past each example's length (bug B3): what a halted
   # example's later steps computed must not depend on the rest of the batch.
@@ -202,7 +199,7 @@ def read_tape(query_BxD: jax.Array,
       tokens_BxTxD=tokens_BxTxD,
       mask_BxT=mask_BxT,
       length_B=length_B,
-      loss_B=final.loss_B,
+      loss_B=loss_B,
       indices_BxSxK=jnp.moveaxis(index_SxBxK, 0, 1),
       weights_BxSxK=jnp.moveaxis(weight_SxBxK, 0, 1))
 
