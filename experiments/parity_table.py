@@ -1,0 +1,162 @@
+r"""Parity: AdaTape vs Transformer vs Universal Transformer at equal budgets.
+
+Trains every (model, length, seed) with the same steps and batch through
+the normal command line (so each run is resumable and skipped once
+finished), then writes a markdown table and a CSV: eval accuracy, mean tape
+length or ponder steps, steps, wall time, steps/s, parameters, and, for
+AdaTape, whether the tape length tracks difficulty: the correlation over
+the eval set between an example's tape length and its number of +1s (and,
+for the Graves variant, its number of non-zero elements).
+
+  python experiments/parity_table.py --root=runs/parity_table \
+      --out=experiments/results/parity_table
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("adatape", "transformer", "universal_transformer")
+
+
+def run_one(root, model, seq_len, seed, steps, variant):
+  name = f"{model}_{variant}_S{seq_len}_seed{seed}"
+  workdir = os.path.join(root, name)
+  if not os.path.exists(os.path.join(workdir, "results.json")):
+    print(f"== training {name}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "adatape.main",
+         f"--config=configs/parity/{model}.py:seq_len={seq_len},"
+         f"variant={variant},steps={steps}",
+         f"--workdir={workdir}", f"--config.seed={seed}"],
+        cwd=REPO, check=True)
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  results.update(name=name, model=model, seq_len=seq_len, seed=seed,
+                 variant=variant, workdir=workdir)
+  if model == "adatape":
+    results.update(tape_difficulty(workdir))
+  return results
+
+
+def tape_difficulty(workdir):
+  """Correlation of tape length with #(+1) and #(non-zero) on the eval set."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from adatape import models  # pylint: disable=g-import-not-at-top
+  from adatape.data import parity  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  steps = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+              if d.isdigit())
+  params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(
+      workdir, "checkpoints", str(steps), "state")))["params"]
+  source = parity.Source(parity.Config(**config.data.to_dict()),
+                         seed=config.seed, process_index=0, process_count=1)
+  model = models.build(config, input_shape=source.input_shape,
+                       num_classes=source.num_classes)
+  apply = jax.jit(lambda x: model.apply({"params": params}, x, train=False))
+  data = source.eval_set()
+  lengths = np.concatenate([
+      np.asarray(apply(data["inputs"][i:i + 1024]).tape_length_B)
+      for i in range(0, len(data["inputs"]), 1024)]).astype(np.float64)
+  plus = (data["values"] == 1).sum(1)
+  nonzero = (data["values"] != 0).sum(1)
+
+  def corr(a, b):
+    if np.std(a) == 0 or np.std(b) == 0:
+      return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+  return {"corr_tape_plus": corr(lengths, plus),
+          "corr_tape_nonzero": corr(lengths, nonzero),
+          "tape_length_min": float(lengths.min()),
+          "tape_length_max": float(lengths.max())}
+
+
+COLUMNS = (
+    ("model", "model", "{}"), ("variant", "data", "{}"),
+    ("seq_len", "S", "{}"), ("seed", "seed", "{}"),
+    ("eval/accuracy", "eval acc", "{:.4f}"),
+    ("eval/tape_length", "mean tape", "{:.2f}"),
+    ("tape_range", "tape range", "{}"),
+    ("eval/ponder_steps", "ponder steps", "{:.2f}"),
+    ("corr_tape_plus", "corr(tape, #+1)", "{:+.3f}"),
+    ("corr_tape_nonzero", "corr(tape, #nonzero)", "{:+.3f}"),
+    ("steps", "steps", "{}"), ("wall_time_s", "wall s", "{:.0f}"),
+    ("steps_per_sec", "steps/s", "{:.1f}"),
+    ("num_params", "params", "{:,}"),
+)
+
+
+def cell(row, key, fmt):
+  if key == "tape_range":
+    if "tape_length_min" not in row:
+      return "-"
+    return f"{row['tape_length_min']:.0f}-{row['tape_length_max']:.0f}"
+  value = row.get(key)
+  return "-" if value is None else fmt.format(value)
+
+
+def write_tables(rows, out):
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+           "|" + "---|" * len(COLUMNS)]
+  for row in rows:
+    lines.append("| " + " | ".join(cell(row, k, f) for k, _, f in COLUMNS)
+                 + " |")
+  with open(out + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(out + ".csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow([k for k, _, _ in COLUMNS if k != "tape_range"]
+                    + ["tape_length_min", "tape_length_max"])
+    for row in rows:
+      writer.writerow([row.get(k, "") for k, _, _ in COLUMNS
+                       if k != "tape_range"]
+                      + [row.get("tape_length_min", ""),
+                         row.get("tape_length_max", "")])
+  print("\n".join(lines))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", default="runs/parity_table")
+  parser.add_argument("--out", default="experiments/results/parity_table")
+  parser.add_argument("--steps", type=int, default=12000)
+  parser.add_argument("--seq_len", type=int, default=32)
+  parser.add_argument("--variant", default="uniform")
+  parser.add_argument("--models", default=",".join(MODELS))
+  parser.add_argument("--seeds", default="0",
+                      help="seeds for every model")
+  parser.add_argument("--adatape_seeds", default="0,1,2",
+                      help="seeds for AdaTape (cheap to run)")
+  parser.add_argument("--adatape_lengths", default="16,64",
+                      help="extra lengths for AdaTape alone")
+  args = parser.parse_args()
+  rows = []
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  for model in args.models.split(","):
+    model_seeds = seeds
+    if model == "adatape":
+      model_seeds = sorted(set(seeds) | {int(s) for s in
+                                         args.adatape_seeds.split(",") if s})
+    for seed in model_seeds:
+      rows.append(run_one(args.root, model, args.seq_len, seed, args.steps,
+                          args.variant))
+  if "adatape" in args.models:
+    for length in [int(s) for s in args.adatape_lengths.split(",") if s]:
+      rows.append(run_one(args.root, "adatape", length, 0, args.steps,
+                          args.variant))
+  write_tables(rows, args.out)
+
+
+if __name__ == "__main__":
+  main()
