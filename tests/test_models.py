@@ -152,3 +152,10 @@ def test_model_config_errors_name_the_key():
   with pytest.raises(run_config.ConfigError, match="model.num_heads"):
     models.build(_config("transformer", num_heads=5), input_shape=(16, 3),
                  num_classes=2)
+
+
+def test_unknown_model_key_lists_the_valid_ones():
+  with pytest.raises(run_config.ConfigError,
+                     match="model.colour is not a key.*mlp_dim.*posemb"):
+    models.build(_config("transformer", colour="red"), input_shape=(16, 3),
+                 num_classes=2)

@@ -46,6 +46,13 @@ def build(config: ml_collections.ConfigDict, *, input_shape: tuple[int, ...],
   values = config.model.to_dict()
   del values["name"]
   encoder_keys = {f.name for f in dataclasses.fields(encoder.EncoderConfig)}
+  model_keys = {f.name for f in dataclasses.fields(module.Config)} - {
+      "encoder", "num_classes", "input_shape", "tape"}
+  unknown = sorted(set(values) - encoder_keys - model_keys)
+  run_config.check(
+      not unknown,
+      f"model.{unknown[0] if unknown else ''} is not a key of model "
+      f"{name!r}; valid: {', '.join(sorted(encoder_keys | model_keys))}")
   enc = run_config.to_dataclass(
       encoder.EncoderConfig,
       {k: v for k, v in values.items() if k in encoder_keys}, "model")

@@ -22,42 +22,27 @@ from adatape.models import stems
 from adatape.tape import banks
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """AdaTape model settings (the `model.*` keys besides the encoder size).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(stems.ClassifierConfig):
+  """AdaTape settings beyond the shared classifier fields.
 
   Attributes:
-    encoder: encoder size.
     tape: tape settings (`tape.*`).
-    num_classes: classifier outputs (from the data).
-    input_shape: shape of one example (from the data).
-    stem: "flatten" (parity), "sequence" or "patches".
-    classifier: "gap" (masked mean over valid tokens) or "token".
-    patch_size: main patch size for the patches stem.
+    stem: default "flatten" (parity's single main token).
+    posemb: default False (parity is permutation invariant).
     bank_patch_size: patch size of the input-driven image bank.
-    posemb: learned position embeddings for the main tokens.
-    head_bias_init: initial classifier bias (-6.9 in the official ImageNet
-      config, for sigmoid cross-entropy over 1000 classes).
     pool_include_padded_tape: average over all slots, padded ones included,
       as the official code did (bug B3). For measurement only.
   """
 
-  encoder: encoder.EncoderConfig
   tape: tape_lib.TapeConfig
-  num_classes: int
-  input_shape: tuple[int, ...]
   stem: str = "flatten"
-  classifier: str = "gap"
-  patch_size: int = 16
-  bank_patch_size: int = 8
   posemb: bool = False
-  head_bias_init: float = 0.0
+  bank_patch_size: int = 8
   pool_include_padded_tape: bool = False
 
   def __post_init__(self):
-    stems.check_input(self.stem, self.input_shape, self.patch_size)
-    run_config.check_choice("model.classifier", self.classifier,
-                            ("gap", "token"))
+    super().__post_init__()
     self.tape.check_layers(self.encoder.depth)
     if self.tape.bank == "input" and self.stem == "patches":
       run_config.check(
@@ -83,9 +68,7 @@ class Model(nn.Module):
                ) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
-    x = stems.Stem(cfg.stem, enc.width, cfg.patch_size, cfg.posemb,
-                   cls_token=cfg.classifier == "token", dropout=enc.dropout,
-                   name="stem")(inputs, train=train)
+    x = cfg.make_stem()(inputs, train=train)
     bank = banks.create(cfg.tape.bank, stem=cfg.stem, width=enc.width,
                         bank_size=cfg.tape.bank_size,
                         bank_patch_size=cfg.bank_patch_size)(inputs)
@@ -105,11 +88,9 @@ class Model(nn.Module):
           enc, tape_mlp_dim=cfg.tape.encoder_mlp_dim,
           tape_dropout=cfg.tape.dropout, name=f"encoderblock_{i}")(
               x, mask_BxL, num_main=num_main, train=train)
-    x = nn.LayerNorm(name="encoder_norm")(x)
     pool_mask = (jnp.ones_like(mask_BxL) if cfg.pool_include_padded_tape
                  else mask_BxL)
-    logits = encoder.Head(cfg.num_classes, cfg.head_bias_init, name="head")(
-        encoder.pool(x, pool_mask, cfg.classifier))
+    logits = cfg.classify(x, pool_mask)
     atr_loss_B = sum(losses)
     return outputs.ModelOutput(
         logits=logits,

@@ -10,11 +10,14 @@
 A zero-initialised CLS token is prepended for the `token` classifier.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from adatape import run_config
+from adatape.models import encoder
 
 STEMS = ("sequence", "flatten", "patches")
 
@@ -71,3 +74,48 @@ def check_input(kind: str, input_shape: tuple[int, ...],
         len(input_shape) == 2,
         f"model.stem={kind!r} needs [length, channels] inputs, got "
         f"{input_shape}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClassifierConfig:
+  """The fields every classifier model has: size, data, stem and head.
+
+  Model configs subclass this and add their own fields (the `model.*` keys).
+
+  Attributes:
+    encoder: encoder size.
+    num_classes: classifier outputs (from the data).
+    input_shape: shape of one example (from the data).
+    stem: "sequence", "flatten" or "patches".
+    classifier: "gap" (masked mean over valid tokens) or "token".
+    patch_size: patch size for the patches stem.
+    posemb: learned position embeddings for the main tokens.
+    head_bias_init: initial classifier bias (-6.9 in the official ImageNet
+      config, for sigmoid cross-entropy over 1000 classes).
+  """
+
+  encoder: encoder.EncoderConfig
+  num_classes: int
+  input_shape: tuple[int, ...]
+  stem: str = "sequence"
+  classifier: str = "gap"
+  patch_size: int = 16
+  posemb: bool = True
+  head_bias_init: float = 0.0
+
+  def __post_init__(self):
+    check_input(self.stem, self.input_shape, self.patch_size)
+    run_config.check_choice("model.classifier", self.classifier,
+                            ("gap", "token"))
+
+  def make_stem(self) -> Stem:
+    """The stem module; call inside the model's compact `__call__`."""
+    return Stem(self.stem, self.encoder.width, self.patch_size, self.posemb,
+                cls_token=self.classifier == "token",
+                dropout=self.encoder.dropout, name="stem")
+
+  def classify(self, x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+    """Final LayerNorm, pooling and head; call inside `__call__` too."""
+    x_BxLxD = nn.LayerNorm(name="encoder_norm")(x_BxLxD)
+    return encoder.Head(self.num_classes, self.head_bias_init, name="head")(
+        encoder.pool(x_BxLxD, mask_BxL, self.classifier))

@@ -25,44 +25,28 @@ from adatape.models import stems
 ACT_LEVELS = ("per_token", "per_example")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Universal Transformer settings.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(stems.ClassifierConfig):
+  """Universal Transformer settings beyond the shared classifier fields.
+
+  `encoder.depth` is the maximum number of steps of the shared block.
 
   Attributes:
-    encoder: block size; `depth` is the maximum number of steps.
-    num_classes: classifier outputs (from the data).
-    input_shape: shape of one example (from the data).
-    stem: "sequence" or "patches".
-    classifier: "gap" or "token".
-    patch_size: patch size for the patches stem.
-    posemb: learned position embeddings (added once, before the loop).
     act_level: "per_token" or "per_example" halting.
     act_type: "basic" (EMA blend) or "accumulated" (Graves' mean field).
     act_epsilon: halt once the cumulative probability exceeds 1 - epsilon.
     halting_bias_init: initial halting logit (t2t: 1.0, scenic UViT: -1.0).
     act_loss_weight: tau, weight of the ponder cost.
-    head_bias_init: initial classifier bias.
   """
 
-  encoder: encoder.EncoderConfig
-  num_classes: int
-  input_shape: tuple[int, ...]
-  stem: str = "sequence"
-  classifier: str = "gap"
-  patch_size: int = 16
-  posemb: bool = True
   act_level: str = "per_token"
   act_type: str = "basic"
   act_epsilon: float = 0.01
   halting_bias_init: float = 1.0
   act_loss_weight: float = 0.01
-  head_bias_init: float = 0.0
 
   def __post_init__(self):
-    stems.check_input(self.stem, self.input_shape, self.patch_size)
-    run_config.check_choice("model.classifier", self.classifier,
-                            ("gap", "token"))
+    super().__post_init__()
     run_config.check_choice("model.act_level", self.act_level, ACT_LEVELS)
     run_config.check_choice("model.act_type", self.act_type,
                             halting.ACT_TYPES)
@@ -115,9 +99,7 @@ class Model(nn.Module):
                ) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
-    x = stems.Stem(cfg.stem, enc.width, cfg.patch_size, cfg.posemb,
-                   cls_token=cfg.classifier == "token", dropout=enc.dropout,
-                   name="stem")(inputs, train=train)
+    x = cfg.make_stem()(inputs, train=train)
     mask_BxL = jnp.ones(x.shape[:2], bool)
     shape = x.shape[:2] if cfg.act_level == "per_token" else x.shape[:1]
     scan = nn.scan(_Step, variable_broadcast="params",
@@ -126,9 +108,7 @@ class Model(nn.Module):
     carry = (x, jnp.zeros_like(x), halting.init(shape), mask_BxL)
     (_, out, act, _), _ = scan(cfg, train, name="act")(
         carry, jnp.arange(enc.depth))
-    out = nn.LayerNorm(name="encoder_norm")(out)
-    logits = encoder.Head(cfg.num_classes, cfg.head_bias_init, name="head")(
-        encoder.pool(out, mask_BxL, cfg.classifier))
+    logits = cfg.classify(out, mask_BxL)
     cost = halting.ponder_cost(act)
     steps = act.updates
     if cfg.act_level == "per_token":
