@@ -6,13 +6,19 @@ training time. Data batches are a pure function of the step, so the step is
 the data position and a resumed run continues exactly. Saves are
 asynchronous; a save interrupted by a kill leaves only a temporary folder,
 which Orbax never treats as a checkpoint, so the latest finished step is
-always the one restored.
+always the one restored; a finished checkpoint that was damaged afterwards
+(truncated) is skipped for the previous one, with a warning.
 """
 
 import os
+import sys
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """Checkpoints exist but none can be restored."""
 
 
 class Checkpointer:
@@ -48,6 +54,37 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state),
             meta=ocp.args.JsonRestore()))
     return restored.state, dict(restored.meta)
+
+  def restore_latest(self, abstract_state: Any
+                     ) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores the newest readable checkpoint, or None if there is none.
+
+    A checkpoint that fails to restore (a truncated file, a disk error) is
+    reported, deleted so that its step can be saved again, and the previous
+    one is tried. If checkpoints exist but none is readable, that is an
+    error: silently training from scratch would discard the run.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"warning: checkpoint {step} in {self._manager.directory} is "
+              f"unreadable ({type(e).__name__}: {first_line[:200]}); "
+              "falling back to the previous one", file=sys.stderr, flush=True)
+        self._manager.delete(step)
+        continue
+      return step, state, meta
+    if steps:
+      raise CheckpointError(
+          f"no readable checkpoint among steps {sorted(steps)} in "
+          f"{self._manager.directory}; move them away to start over")
+    return None
+
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's multi-host preemption sync point (False on a single process)."""
+    return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -5,7 +5,9 @@ r"""Command line: train any config, resuming from the workdir.
 
 Bad input (missing config file, unknown key, wrong type, impossible value)
 ends with one line on stderr naming the problem and exit status 2, before
-anything is written to the workdir. Set ADATAPE_DISTRIBUTED=1 to call
+anything is written to the workdir. SIGTERM (preemption) saves a checkpoint
+at the current step and exits with status 0; the same command resumes.
+Set ADATAPE_DISTRIBUTED=1 to call
 `jax.distributed.initialize()` first (multi-host jobs).
 """
 
@@ -66,6 +68,7 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str]) -> None:
   del argv
   # Imported here so that flag errors are reported without importing jax.
+  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
   from adatape import run_config  # pylint: disable=g-import-not-at-top
   from adatape import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -80,6 +83,12 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   except train.NonFiniteError as e:
     _fail(str(e), status=1)
+  except checkpointing.CheckpointError as e:
+    _fail(str(e), status=1)
+  except train.Preempted as e:
+    # A clean stop: the state is saved and the same command resumes.
+    print(str(e), flush=True)
+    return
   if jax.process_index() == 0:
     summary = [f"final eval accuracy {results['eval/accuracy']:.4f}"]
     if "eval/tape_length" in results:

@@ -12,7 +12,8 @@ Order of business in `train_and_evaluate`: validate everything (config,
 data, model, mesh) before touching the workdir; refuse a workdir that holds
 a different run; resume from its latest checkpoint if any; train, logging
 and evaluating periodically; stop with the last good checkpoint intact if
-the loss or gradient stops being finite; write results.json at the end.
+the loss or gradient stops being finite; on SIGTERM, save and stop
+cleanly; write results.json at the end.
 """
 
 import dataclasses
@@ -20,6 +21,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -44,6 +47,39 @@ LOSSES = ("softmax_xent", "sigmoid_xent")
 
 class NonFiniteError(RuntimeError):
   """The loss or gradient norm became NaN or infinite."""
+
+
+class Preempted(Exception):
+  """SIGTERM (or a multi-host preemption notice) arrived; state was saved."""
+
+
+class _PreemptionFlag:
+  """Turns SIGTERM into a flag the training loop checks between steps.
+
+  On one process the signal handler decides. With several processes every
+  host must stop at the same step, so JAX's preemption sync point (through
+  Orbax) decides instead; it is fed by the coordination service, which
+  hears the same preemption notice on every host.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._signalled = True
+
+  def requested(self, ckpt: checkpointing.Checkpointer, step: int) -> bool:
+    if jax.process_count() > 1:
+      return ckpt.reached_preemption(step)
+    return self._signalled
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       os.path.join(workdir, "checkpoints"),
       every_steps=sched.checkpoint_every_steps,
       max_to_keep=sched.max_checkpoints)
-  latest = ckpt.latest_step()
-  if latest == sched.total_steps and os.path.exists(results_path):
+  if (ckpt.latest_step() == sched.total_steps
+      and os.path.exists(results_path)):
     ckpt.close()
     with open(results_path) as f:
       results = json.load(f)
@@ -306,8 +342,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     reporting.atomic_write_json(os.path.join(workdir, "config.json"),
                                 json.loads(config.to_json()))
 
-  if latest is not None:
-    state, meta = ckpt.restore(latest, abstract)
+  restored = ckpt.restore_latest(abstract)
+  if restored is not None:
+    latest, state, meta = restored
     train_time = float(meta["train_time_s"])
     print(f"resumed from step {latest} in {workdir}/checkpoints", flush=True)
   else:
@@ -339,8 +376,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   eval_time = 0.0
   segment_start = time.monotonic()
   step = start_step
+  preemption = _PreemptionFlag()
   try:
     while step < sched.total_steps:
+      if preemption.requested(ckpt, step):
+        ckpt.wait()
+        if ckpt.latest_step() != step:
+          elapsed = train_time + time.monotonic() - segment_start
+          ckpt.save(step, state, {"step": step, "data_position": step,
+                                  "train_time_s": elapsed}, force=True)
+          ckpt.wait()
+        raise Preempted(
+            f"preempted at step {step}; checkpoint saved in {workdir}/"
+            "checkpoints; run the same command again to resume")
       batch = parallel.global_batch(
           run.source.train_batch(step, local_batch), mesh)
       state, metrics = jit_train(state, batch)
@@ -372,6 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         ckpt.save(step, state, {"step": step, "data_position": step,
                                 "train_time_s": elapsed}, force=last)
   finally:
+    preemption.restore()
     ckpt.close()
     reporter.close()
 
