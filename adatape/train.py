@@ -305,9 +305,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   for key, value in (("batch_size", sched.batch_size),
                      ("eval_batch_size", sched.eval_batch_size)):
     run_config.check(
-        value % num_devices == 0,
-        f"{key}={value} must be divisible by the {num_devices} devices of "
-        "the mesh")
+        value % mesh.shape["data"] == 0,
+        f"{key}={value} must be divisible by the data axis of the mesh "
+        f"({mesh.shape['data']})")
   _check_workdir(config, workdir)
   is_main = jax.process_index() == 0
   results_path = os.path.join(workdir, "results.json")

@@ -114,7 +114,7 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
 
 
 def test_four_devices_match_one_device(tmp_path):
-  assert jax.device_count() == 4
+  assert jax.device_count() >= 4
   one, four = str(tmp_path / "one"), str(tmp_path / "four")
   train.train_and_evaluate(_tiny(**{"mesh.data": 1}), one)
   results = train.train_and_evaluate(_tiny(**{"mesh.data": 4}), four)

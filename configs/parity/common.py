@@ -53,7 +53,10 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.decay_mask = "all"
 
   c.mesh = ml_collections.ConfigDict()
+  # Data parallel over every device; see adatape/parallel.py for fsdp and
+  # mesh.model (tensor parallelism).
   c.mesh.data = -1
+  c.mesh.model = 1
   c.mesh.sharding = "replicated"
   return c
 
