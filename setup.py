@@ -18,6 +18,8 @@ _INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "absl-py==2.5.1",
     "numpy==2.4.6",
+    # Plots of sweeps and budget curves.
+    "matplotlib==3.11.2",
 ]
 
 setuptools.setup(

@@ -1,0 +1,180 @@
+r"""Run every point of a config's `sweep(add)` and aggregate the results.
+
+  python launch/sweep.py --config=configs/parity/adatape.py[:ARGS] \
+      --root=runs/sweep [--parallel=2] [--dry-run]
+  python launch/sweep.py ... --tpu=NAME --zone=ZONE [--dry-run]
+
+Each point's overrides (`tape.epsilon=4.0`, ...) become `--config.K=V`
+flags; its workdir is ROOT/<overrides sorted and joined>, so names are
+deterministic and a re-run skips points that have results.json (and
+resumes unfinished ones from their checkpoints). Locally, points run N at a
+time; with --tpu, each point is launched on the slice in turn through
+launch/tpu.py. At the end (or with --aggregate-only) every results.json
+under ROOT goes into ROOT/sweep.md, ROOT/sweep.csv and ROOT/sweep.png
+(eval accuracy against mean tape length / ponder steps).
+"""
+
+import argparse
+import concurrent.futures
+import csv
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def load_points(config_path: str) -> list[dict[str, object]]:
+  """The override dicts of the config file's `sweep(add)`."""
+  path = os.path.join(REPO, config_path)
+  if not os.path.exists(path):
+    raise SystemExit(f"error: --config: {config_path} does not exist")
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "sweep"):
+    raise SystemExit(f"error: --config: {config_path} has no sweep(add)")
+  points = []
+  module.sweep(lambda **overrides: points.append(dict(overrides)))
+  return points
+
+
+def slug(overrides: dict[str, object]) -> str:
+  """A deterministic, filesystem-safe workdir name for one point."""
+  text = ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
+  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text) or "default"
+
+
+def flags(overrides: dict[str, object]) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
+
+
+def run_local(config: str, workdir: str, overrides: dict[str, object]
+              ) -> tuple[str, int]:
+  cmd = [sys.executable, "-m", "adatape.main", f"--config={config}",
+         f"--workdir={workdir}", *flags(overrides)]
+  with open(workdir + ".log", "a") as log:
+    result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=log)
+  return workdir, result.returncode
+
+
+def aggregate(root: str) -> list[dict[str, object]]:
+  """Collects ROOT/*/results.json into sweep.md, sweep.csv and sweep.png."""
+  rows = []
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name, "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        rows.append({"point": name, **json.load(f)})
+  if not rows:
+    print(f"no finished points under {root}")
+    return rows
+  keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
+  with open(os.path.join(root, "sweep.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+  shown = [k for k in ("point", "eval/accuracy", "eval/tape_length",
+                       "eval/ponder_steps", "steps", "wall_time_s")
+           if any(k in r for r in rows)]
+  lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+  for r in rows:
+    lines.append("| " + " | ".join(
+        f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "-"))
+        for k in shown) + " |")
+  with open(os.path.join(root, "sweep.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  _plot(rows, os.path.join(root, "sweep.png"))
+  return rows
+
+
+def _plot(rows, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cost_key = next((k for k in ("eval/tape_length", "eval/ponder_steps")
+                   if any(k in r for r in rows)), None)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in rows:
+    x = r.get(cost_key, 0.0) if cost_key else 0.0
+    ax.scatter(x, r["eval/accuracy"])
+    ax.annotate(r["point"], (x, r["eval/accuracy"]), fontsize=6)
+  ax.set_xlabel(cost_key or "(no compute metric)")
+  ax.set_ylabel("eval/accuracy")
+  ax.set_title(os.path.basename(os.path.dirname(path)) or "sweep")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--root", required=True)
+  parser.add_argument("--parallel", type=int, default=1)
+  parser.add_argument("--dry-run", action="store_true")
+  parser.add_argument("--aggregate-only", action="store_true")
+  parser.add_argument("--tpu", default=None)
+  parser.add_argument("--zone", default=None)
+  parser.add_argument("--project", default=None)
+  args = parser.parse_args(argv)
+  if args.tpu and not args.zone:
+    parser.error("--tpu needs --zone")
+  if args.parallel < 1:
+    parser.error("--parallel must be >= 1")
+  root = os.path.abspath(args.root) if not args.tpu else args.root
+  if args.aggregate_only:
+    aggregate(root)
+    return 0
+  points = load_points(args.config.split(":")[0])
+  todo = []
+  for overrides in points:
+    workdir = os.path.join(root, slug(overrides))
+    if not args.tpu and os.path.exists(os.path.join(workdir, "results.json")):
+      print(f"skip (finished): {workdir}")
+      continue
+    todo.append((workdir, overrides))
+  if args.tpu:
+    commit = tpu.head_commit()
+    for workdir, overrides in todo:
+      for cmd in tpu.commands(tpu=args.tpu, zone=args.zone,
+                              project=args.project, config=args.config,
+                              workdir=workdir, commit=commit,
+                              extra=flags(overrides)):
+        print(shlex.join(cmd), flush=True)
+        if not args.dry_run:
+          subprocess.run(cmd, check=True)
+    return 0
+  if args.dry_run:
+    for workdir, overrides in todo:
+      print(shlex.join([sys.executable, "-m", "adatape.main",
+                        f"--config={args.config}", f"--workdir={workdir}",
+                        *flags(overrides)]))
+    return 0
+  os.makedirs(root, exist_ok=True)
+  failed = []
+  with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    futures = [pool.submit(run_local, args.config, w, o) for w, o in todo]
+    for future in concurrent.futures.as_completed(futures):
+      workdir, code = future.result()
+      print(f"{'done' if code == 0 else f'FAILED ({code})'}: {workdir}",
+            flush=True)
+      if code:
+        failed.append(workdir)
+  aggregate(root)
+  if failed:
+    print(f"{len(failed)} point(s) failed; see their .log files",
+          file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
