@@ -1,0 +1,167 @@
+r"""Turn the budget knob of a trained run at inference.
+
+  python -m adatape.evaluate --workdir=RUN --thresholds=1,2,4 \
+      [--max_tokens=4,8] [--step=N]
+
+Evaluates one checkpoint of RUN at every (halting threshold, maximum tape
+length) pair and writes RUN/budget.{md,csv,png}: eval accuracy against
+compute (mean tape length and the encoder's effective sequence length).
+For AdaTape the threshold is `tape.epsilon` and the maximum length
+`tape.num_tokens`; no parameter depends on either, so one set of weights
+serves every point. For ACT models (Universal Transformer) the threshold is
+`model.act_epsilon`. Points whose settings are invalid for the model (for
+example a bank too small for K = T / epsilon candidates per step) are
+reported and skipped.
+"""
+
+import csv
+import functools
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished or running run.")
+_THRESHOLDS = flags.DEFINE_list("thresholds", [], "Halting thresholds.")
+_MAX_TOKENS = flags.DEFINE_list(
+    "max_tokens", [], "Maximum tape lengths (AdaTape; default: the run's).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def budget_points(config, thresholds, max_tokens):
+  """(label, overrides) for every requested point."""
+  is_tape = "tape" in config
+  threshold_key = "tape.epsilon" if is_tape else "model.act_epsilon"
+  base_threshold = (config.tape.epsilon if is_tape else
+                    config.model.get("act_epsilon"))
+  if base_threshold is None:
+    _fail(f"model {config.model.name!r} has no halting threshold to vary")
+  thresholds = thresholds or [base_threshold]
+  lengths = max_tokens if is_tape and max_tokens else [None]
+  points = []
+  for length in lengths:
+    for threshold in thresholds:
+      overrides = {threshold_key: float(threshold)}
+      if length is not None:
+        overrides["tape.num_tokens"] = int(length)
+      points.append(overrides)
+  return points
+
+
+def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
+  """Evaluates every point; returns rows of metrics."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import ml_collections
+  import orbax.checkpoint as ocp
+  from adatape import parallel
+  from adatape import run_config
+  from adatape import train
+  # pylint: enable=g-import-not-at-top
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    _fail(f"--workdir: {config_path} does not exist (not a run directory)")
+  with open(config_path) as f:
+    base = ml_collections.ConfigDict(json.load(f))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in (os.listdir(ckpt_dir)
+                                  if os.path.isdir(ckpt_dir) else [])
+                 if d.isdigit())
+  if not steps:
+    _fail(f"--workdir: no checkpoint in {ckpt_dir}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    _fail(f"--step={step}: checkpoints are at steps {steps}")
+  params = ocp.StandardCheckpointer().restore(os.path.abspath(
+      os.path.join(ckpt_dir, str(step), "state")))["params"]
+
+  rows = []
+  for overrides in budget_points(base, thresholds, max_tokens):
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.update_from_flattened_dict(overrides)
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    try:
+      run = train.prepare(config)
+    except run_config.ConfigError as e:
+      print(f"skip ({label}): {e}", flush=True)
+      continue
+    mesh = parallel.make_mesh(run.mesh)
+    jit_eval = jax.jit(functools.partial(train.eval_step, model=run.model,
+                                         loss=run.schedule.loss))
+    metrics = train.evaluate(
+        jit_eval, params, run.source, mesh,
+        run.schedule.eval_batch_size // jax.process_count())
+    row = {"step": step, **overrides, **metrics}
+    main_tokens = 1 if config.model.get("stem") == "flatten" else (
+        run.source.input_shape[0])
+    if "eval/tape_length" in metrics:
+      row["effective_length"] = main_tokens + metrics["eval/tape_length"]
+    rows.append(row)
+    print(f"{label}: accuracy {metrics['eval/accuracy']:.4f}"
+          + (f", tape {metrics['eval/tape_length']:.2f}"
+             if "eval/tape_length" in metrics else "")
+          + (f", ponder {metrics['eval/ponder_steps']:.2f}"
+             if "eval/ponder_steps" in metrics else ""), flush=True)
+  return rows
+
+
+def write_outputs(rows, workdir):
+  """budget.md, budget.csv and budget.png in the workdir."""
+  if not rows:
+    _fail("no valid budget point to evaluate")
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  with open(os.path.join(workdir, "budget.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+  for r in rows:
+    lines.append("| " + " | ".join(
+        f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "-"))
+        for k in keys) + " |")
+  with open(os.path.join(workdir, "budget.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cost = next(k for k in ("eval/tape_length", "eval/ponder_steps",
+                          "eval/accuracy") if k in rows[0])
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.plot([r[cost] for r in rows], [r["eval/accuracy"] for r in rows], "o-")
+  for r in rows:
+    ax.annotate(",".join(f"{v}" for k, v in r.items()
+                         if k in ("tape.epsilon", "tape.num_tokens",
+                                  "model.act_epsilon")),
+                (r[cost], r["eval/accuracy"]), fontsize=7)
+  ax.set_xlabel(cost)
+  ax.set_ylabel("eval/accuracy")
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "budget.png"), dpi=120)
+  plt.close(fig)
+  print(f"wrote {workdir}/budget.md, budget.csv, budget.png")
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    _fail("--workdir is required")
+  try:
+    thresholds = [float(t) for t in _THRESHOLDS.value]
+    max_tokens = [int(t) for t in _MAX_TOKENS.value]
+  except ValueError as e:
+    _fail(f"--thresholds/--max_tokens: {e}")
+  rows = evaluate_budgets(_WORKDIR.value, thresholds, max_tokens, _STEP.value)
+  write_outputs(rows, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,62 @@
+"""The budget knob: one checkpoint evaluated at several thresholds/lengths."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adatape import evaluate
+from adatape import train
+from configs.parity import adatape as adatape_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("budget") / "run")
+  config = adatape_config.get_config("tiny")
+  config.mesh.data = 1
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_budget_points_follow_the_threshold(run_dir, capsys):
+  rows = evaluate.evaluate_budgets(run_dir, [2.0, 4.0, 1.0], [2, 4])
+  out = capsys.readouterr().out
+  by_point = {(r["tape.epsilon"], r["tape.num_tokens"]): r for r in rows}
+  # K = T / epsilon = 1 candidate per step has weight 1, so the reader halts
+  # after exactly epsilon steps: the tape length is the threshold.
+  assert by_point[(4.0, 4)]["eval/tape_length"] == 4.0
+  assert by_point[(2.0, 2)]["eval/tape_length"] == 2.0
+  assert 2.0 <= by_point[(2.0, 4)]["eval/tape_length"] <= 4.0
+  # epsilon > T, and a bank of 8 too small for K * T = 16: skipped, said.
+  assert (4.0, 2) not in by_point and (1.0, 4) not in by_point
+  assert "skip (tape.epsilon=4.0, tape.num_tokens=2)" in out
+  assert "skip (tape.epsilon=1.0, tape.num_tokens=4)" in out
+  for r in rows:
+    assert r["eval/examples"] == 40
+
+
+def test_cli_writes_table_csv_and_plot(run_dir):
+  result = subprocess.run(
+      [sys.executable, "-m", "adatape.evaluate", f"--workdir={run_dir}",
+       "--thresholds=2,4", "--max_tokens=4"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  for name in ("budget.md", "budget.csv", "budget.png"):
+    assert os.path.exists(os.path.join(run_dir, name)), name
+  with open(os.path.join(run_dir, "budget.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [float(r["tape.epsilon"]) for r in rows] == [2.0, 4.0]
+
+
+def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "adatape.evaluate", f"--workdir={tmp_path}",
+       "--thresholds=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "config.json does not exist" in result.stderr
