@@ -8,7 +8,9 @@ ends with one line on stderr naming the problem and exit status 2, before
 anything is written to the workdir. SIGTERM (preemption) saves a checkpoint
 at the current step and exits with status 0; the same command resumes.
 Set ADATAPE_DISTRIBUTED=1 to call
-`jax.distributed.initialize()` first (multi-host jobs).
+`jax.distributed.initialize()` first (multi-host jobs); off a TPU VM, also
+set ADATAPE_COORDINATOR=host:port, ADATAPE_NUM_PROCESSES and
+ADATAPE_PROCESS_ID.
 """
 
 import os
@@ -74,7 +76,15 @@ def main(argv: list[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   if os.environ.get("ADATAPE_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+    # On TPU VMs (and SLURM) JAX finds the coordinator itself; elsewhere
+    # name it, e.g. for several processes on one machine.
+    explicit = {}
+    if "ADATAPE_COORDINATOR" in os.environ:
+      explicit = dict(
+          coordinator_address=os.environ["ADATAPE_COORDINATOR"],
+          num_processes=int(os.environ["ADATAPE_NUM_PROCESSES"]),
+          process_id=int(os.environ["ADATAPE_PROCESS_ID"]))
+    jax.distributed.initialize(**explicit)
   logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value
   try:

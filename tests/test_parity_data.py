@@ -39,6 +39,12 @@ def test_uniform_variant_is_balanced():
   np.testing.assert_allclose(counts, 1 / 3, atol=0.01)
 
 
+def test_process_slices_tile_the_single_process_batch():
+  whole = _source().train_batch(3, 32)["inputs"]
+  halves = [_source(p, 2).train_batch(3, 16)["inputs"] for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), whole)
+
+
 def test_batches_are_reproducible_and_streams_differ():
   a = _source().train_batch(7, 32)
   b = _source().train_batch(7, 32)

@@ -8,10 +8,12 @@ Two variants:
 
 Inputs are one-hot `[S, 3]` with index 0 <-> -1, 1 <-> 0, 2 <-> +1.
 
-Every batch is a pure function of (seed, split, step, process index), drawn
-from its own numpy Philox stream, so a resumed run sees exactly the batches
-an uninterrupted run would, and no two processes, steps or splits share
-random numbers. The eval set is fixed: the same examples at every eval.
+Every global batch is a pure function of (seed, split, step), drawn from its
+own numpy Philox stream, and each process takes its slice (by process
+index). So a resumed run sees exactly the batches an uninterrupted run
+would, no two processes, steps or splits share examples, and the data do
+not depend on how devices are spread over processes. The eval set is fixed:
+the same examples at every eval.
 """
 
 import dataclasses
@@ -65,9 +67,11 @@ def sample(rng: np.random.Generator, batch_size: int, seq_len: int,
   return {"inputs": inputs, "label": label, "values": values}
 
 
-def _rng(seed: int, split: str, step: int, process_index: int
-         ) -> np.random.Generator:
-  key = np.random.SeedSequence([seed, _SPLIT_IDS[split], step, process_index])
+def _rng(seed: int, split: str, step: int) -> np.random.Generator:
+  # The trailing 0 is where the process index stood before batches became
+  # independent of the process layout; it keeps single-process streams (and
+  # the results recorded with them) unchanged.
+  key = np.random.SeedSequence([seed, _SPLIT_IDS[split], step, 0])
   return np.random.Generator(np.random.Philox(key))
 
 
@@ -90,15 +94,22 @@ class Source:
     self.input_shape = (config.seq_len, 3)
 
   def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
-    """The process-local batch for global training step `step`."""
-    rng = _rng(self.seed, "train", step, self.process_index)
-    batch = sample(rng, local_batch, self.config.seq_len, self.config.variant)
+    """This process's slice of the global batch of training step `step`.
+
+    The global batch depends only on (seed, step), so a run on 2 processes
+    trains on exactly the data of a run on 1 process with 2 devices.
+    Generating the whole batch on every host is cheap for synthetic data.
+    """
+    rng = _rng(self.seed, "train", step)
+    batch = sample(rng, local_batch * self.process_count,
+                   self.config.seq_len, self.config.variant)
     del batch["values"]
-    return batch
+    start = self.process_index * local_batch
+    return {k: v[start:start + local_batch] for k, v in batch.items()}
 
   def eval_set(self) -> dict[str, np.ndarray]:
     """The whole fixed eval set (identical on every process)."""
-    rng = _rng(self.seed, "eval", 0, 0)
+    rng = _rng(self.seed, "eval", 0)
     return sample(rng, self.config.eval_examples, self.config.seq_len,
                   self.config.variant)
 
