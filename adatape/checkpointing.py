@@ -25,8 +25,10 @@ class Checkpointer:
   """Saves every `every_steps` steps (and on request); restores the latest."""
 
   def __init__(self, directory: str, *, every_steps: int, max_to_keep: int):
+    if "://" not in directory:
+      directory = os.path.abspath(directory)  # Orbax wants absolute paths.
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        directory,
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
             max_to_keep=max_to_keep,

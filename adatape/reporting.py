@@ -6,7 +6,9 @@
   metrics.jsonl one JSON object per logged step, `{"step": N, ...}`;
   results.json  written once, atomically, when the run finishes.
 
-Only process 0 writes files. On resume, rows of metrics.jsonl past the
+Paths may be local or URLs that TensorFlow's gfile knows (gs://...), so a
+TPU pod writes its logs straight to a bucket. Only process 0 writes files.
+On resume, rows of metrics.jsonl past the
 restored step (logged after the last checkpoint) are dropped, so the file
 always describes the run that the checkpoints continue.
 """
@@ -20,6 +22,7 @@ from typing import Any, Mapping
 
 from clu import metric_writers
 from clu.metric_writers import interface
+from tensorflow.io import gfile
 
 _CONSOLE_KEYS = (
     ("train/loss", "loss", "{:.4f}"),
@@ -83,13 +86,18 @@ class ConsoleWriter(interface.MetricWriter):
     self.flush()
 
 
+def read_json(path: str) -> Any:
+  """Reads JSON from a local path or a URL (gs://...)."""
+  with gfile.GFile(path) as f:
+    return json.load(f)
+
+
 def atomic_write_json(path: str, payload: Any) -> None:
   """Writes JSON to `path` via a temporary file and rename."""
   tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  with gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+  gfile.rename(tmp, path, overwrite=True)
 
 
 class Reporter:
@@ -111,14 +119,14 @@ class Reporter:
     self._last_time = time.monotonic()
 
   def _truncate_jsonl(self, start_step: int) -> None:
-    if not os.path.exists(self._jsonl):
+    if not gfile.exists(self._jsonl):
       return
-    with open(self._jsonl) as f:
+    with gfile.GFile(self._jsonl) as f:
       rows = [line for line in f
               if line.strip() and json.loads(line)["step"] <= start_step]
-    with open(self._jsonl + ".tmp", "w") as f:
-      f.writelines(rows)
-    os.replace(self._jsonl + ".tmp", self._jsonl)
+    with gfile.GFile(self._jsonl + ".tmp", "w") as f:
+      f.write("".join(rows))
+    gfile.rename(self._jsonl + ".tmp", self._jsonl, overwrite=True)
 
   def restart_clock(self, step: int) -> None:
     """Excludes time spent elsewhere (eval, compile) from steps/s."""
@@ -140,7 +148,7 @@ class Reporter:
     row = {"step": step}
     row.update({k: (v if math.isfinite(v) else str(v))
                 for k, v in scalars.items()})
-    with open(self._jsonl, "a") as f:
+    with gfile.GFile(self._jsonl, "a") as f:
       f.write(json.dumps(row) + "\n")
 
   def close(self) -> None:

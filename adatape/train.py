@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tensorflow.io import gfile
 
 from adatape import checkpointing
 from adatape import data as data_lib
@@ -270,10 +271,9 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to continue a workdir that holds a run of another config."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not gfile.exists(path):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = reporting.read_json(path)
   current = json.loads(config.to_json())
   if saved != current:
     differing = sorted(_flat_diff(saved, current))
@@ -325,16 +325,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   num_params = sum(int(np.prod(x.shape))
                    for x in jax.tree.leaves(abstract.params))
 
-  os.makedirs(workdir, exist_ok=True)
+  gfile.makedirs(workdir)
   ckpt = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       every_steps=sched.checkpoint_every_steps,
       max_to_keep=sched.max_checkpoints)
   if (ckpt.latest_step() == sched.total_steps
-      and os.path.exists(results_path)):
+      and gfile.exists(results_path)):
     ckpt.close()
-    with open(results_path) as f:
-      results = json.load(f)
+    results = reporting.read_json(results_path)
     print(f"run already finished ({sched.total_steps} steps); results in "
           f"{results_path}", flush=True)
     return results

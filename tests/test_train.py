@@ -180,3 +180,23 @@ def test_every_config_and_sweep_point_builds():
       train.prepare(config)
     seen += 1
   assert seen == 3
+
+
+def test_reporter_writes_to_a_url_filesystem():
+  # TensorFlow's in-memory filesystem stands in for gs://.
+  from adatape import reporting  # pylint: disable=g-import-not-at-top
+  workdir = "ram://adatape_test_run"
+  reporter = reporting.Reporter(workdir, total_steps=4, start_step=0,
+                                is_main=True)
+  reporter.write(2, {"train/loss": 1.5})
+  reporter.write(4, {"train/loss": 1.0})
+  reporter.close()
+  reporting.atomic_write_json(workdir + "/results.json", {"steps": 4})
+  assert reporting.read_json(workdir + "/results.json") == {"steps": 4}
+  # A resumed segment from step 2 drops the rows logged after it.
+  reporting.Reporter(workdir, total_steps=4, start_step=2,
+                     is_main=True).close()
+  from tensorflow.io import gfile  # pylint: disable=g-import-not-at-top
+  with gfile.GFile(workdir + "/metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [2]
