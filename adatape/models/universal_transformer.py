@@ -102,9 +102,12 @@ class Model(nn.Module):
     x = cfg.make_stem()(inputs, train=train)
     mask_BxL = jnp.ones(x.shape[:2], bool)
     shape = x.shape[:2] if cfg.act_level == "per_token" else x.shape[:1]
+    # Fully unrolled: the loop is short (the maximum depth), and on CPU the
+    # rolled loop ran the block at ~3/4 of the speed (291 vs 223 ms per
+    # parity step), and hid its FLOPs from XLA's cost analysis.
     scan = nn.scan(_Step, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True},
-                   length=enc.depth)
+                   length=enc.depth, unroll=enc.depth)
     carry = (x, jnp.zeros_like(x), halting.init(shape), mask_BxL)
     (_, out, act, _), _ = scan(cfg, train, name="act")(
         carry, jnp.arange(enc.depth))
