@@ -376,14 +376,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   segment_start = time.monotonic()
   step = start_step
   preemption = _PreemptionFlag()
+
+  def meta(step: int) -> dict[str, Any]:
+    """Host-side position saved with the state (batches are f(step))."""
+    return {"step": step, "data_position": step,
+            "train_time_s": train_time + time.monotonic() - segment_start}
+
   try:
     while step < sched.total_steps:
       if preemption.requested(ckpt, step):
         ckpt.wait()
         if ckpt.latest_step() != step:
-          elapsed = train_time + time.monotonic() - segment_start
-          ckpt.save(step, state, {"step": step, "data_position": step,
-                                  "train_time_s": elapsed}, force=True)
+          ckpt.save(step, state, meta(step), force=True)
           ckpt.wait()
         raise Preempted(
             f"preempted at step {step}; checkpoint saved in {workdir}/"
@@ -415,9 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         reporter.write(step, eval_metrics)
         reporter.restart_clock(step)
       if do_save:
-        elapsed = train_time + time.monotonic() - segment_start
-        ckpt.save(step, state, {"step": step, "data_position": step,
-                                "train_time_s": elapsed}, force=last)
+        ckpt.save(step, state, meta(step), force=last)
+    if not eval_metrics:
+      # Resumed from the final checkpoint of a run stopped before its
+      # results were written: only the final eval is missing.
+      eval_metrics = evaluate(jit_eval, state.params, run.source, mesh,
+                              local_eval_batch)
   finally:
     preemption.restore()
     ckpt.close()

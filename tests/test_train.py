@@ -85,6 +85,15 @@ def test_run_writes_every_file(tmp_path):
   assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) == mtime
 
 
+def test_stopped_after_last_checkpoint_still_writes_results(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(_tiny(), workdir)
+  os.remove(os.path.join(workdir, "results.json"))
+  again = train.train_and_evaluate(_tiny(), workdir)
+  assert again["eval/accuracy"] == first["eval/accuracy"]
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+
+
 class _Interrupt(Exception):
   pass
 
