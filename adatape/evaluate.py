@@ -14,7 +14,6 @@ example a bank too small for K = T / epsilon candidates per step) are
 reported and skipped.
 """
 
-import csv
 import functools
 import json
 import os
@@ -117,18 +116,9 @@ def write_outputs(rows, workdir):
   """budget.md, budget.csv and budget.png in the workdir."""
   if not rows:
     _fail("no valid budget point to evaluate")
+  from adatape import reporting  # pylint: disable=g-import-not-at-top
   keys = list(dict.fromkeys(k for r in rows for k in r))
-  with open(os.path.join(workdir, "budget.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  for r in rows:
-    lines.append("| " + " | ".join(
-        f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "-"))
-        for k in keys) + " |")
-  with open(os.path.join(workdir, "budget.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  reporting.write_table(rows, os.path.join(workdir, "budget"), keys)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

@@ -13,6 +13,7 @@ restored step (logged after the last checkpoint) are dropped, so the file
 always describes the run that the checkpoints continue.
 """
 
+import csv
 import json
 import math
 import os
@@ -98,6 +99,30 @@ def atomic_write_json(path: str, payload: Any) -> None:
   with gfile.GFile(tmp, "w") as f:
     f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
   gfile.rename(tmp, path, overwrite=True)
+
+
+def write_table(rows: list[dict[str, Any]], path_prefix: str,
+                keys: list[str], markdown_keys: list[str] | None = None
+                ) -> str:
+  """Writes rows as `<prefix>.csv` and `<prefix>.md`; returns the markdown.
+
+  The CSV has `keys` with full precision; the markdown has `markdown_keys`
+  (default: the same) with floats to 4 significant digits.
+  """
+  with gfile.GFile(path_prefix + ".csv", "w") as f:
+    writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  keys = markdown_keys or keys
+  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+  for row in rows:
+    lines.append("| " + " | ".join(
+        f"{row[k]:.4g}" if isinstance(row.get(k), float)
+        else str(row.get(k, "-")) for k in keys) + " |")
+  markdown = "\n".join(lines) + "\n"
+  with gfile.GFile(path_prefix + ".md", "w") as f:
+    f.write(markdown)
+  return markdown
 
 
 class Reporter:

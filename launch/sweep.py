@@ -16,7 +16,6 @@ under ROOT goes into ROOT/sweep.md, ROOT/sweep.csv and ROOT/sweep.png
 
 import argparse
 import concurrent.futures
-import csv
 import importlib.util
 import json
 import os
@@ -75,22 +74,14 @@ def aggregate(root: str) -> list[dict[str, object]]:
   if not rows:
     print(f"no finished points under {root}")
     return rows
-  keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
-  with open(os.path.join(root, "sweep.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
+  from adatape import reporting  # pylint: disable=g-import-not-at-top
   shown = [k for k in ("point", "eval/accuracy", "eval/tape_length",
                        "eval/ponder_steps", "steps", "wall_time_s")
            if any(k in r for r in rows)]
-  lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-  for r in rows:
-    lines.append("| " + " | ".join(
-        f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "-"))
-        for k in shown) + " |")
-  with open(os.path.join(root, "sweep.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  # The CSV holds every key; the markdown table the headline ones.
+  keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
+  print(reporting.write_table(rows, os.path.join(root, "sweep"), keys,
+                              shown))
   _plot(rows, os.path.join(root, "sweep.png"))
   return rows
 
