@@ -3,7 +3,8 @@ r"""Standard Transformer on parity: one token per element, same size/budget.
 Run (2-core CPU):
   python -m adatape.main --config=configs/parity/transformer.py --workdir=/tmp/tf
 
-Measured: see the parity table in the README.
+Measured (2-core CPU, 12000 steps of batch 128, seed 0): eval accuracy
+47.7% (chance); every eval between 43.9% and 51.0%.
 """
 
 import ml_collections
