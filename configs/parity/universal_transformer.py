@@ -8,7 +8,9 @@ Run (2-core CPU):
       --workdir=/tmp/ut
 Per-example halting: --config.model.act_level=per_example
 
-Measured: see the parity table in the README.
+Measured (2-core CPU, 12000 steps of batch 128, seed 0): eval accuracy
+47.7% (chance); the ponder cost drives every token to halt after one step
+(mean ponder steps 1.00).
 """
 
 import ml_collections
