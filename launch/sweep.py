@@ -125,16 +125,16 @@ def main(argv: list[str]) -> int:
     aggregate(root)
     return 0
   points = load_points(args.config.split(":")[0])
-  todo = []
+  pending = []
   for overrides in points:
     workdir = os.path.join(root, slug(overrides))
     if not args.tpu and os.path.exists(os.path.join(workdir, "results.json")):
       print(f"skip (finished): {workdir}")
       continue
-    todo.append((workdir, overrides))
+    pending.append((workdir, overrides))
   if args.tpu:
     commit = tpu.head_commit()
-    for workdir, overrides in todo:
+    for workdir, overrides in pending:
       for cmd in tpu.commands(tpu=args.tpu, zone=args.zone,
                               project=args.project, config=args.config,
                               workdir=workdir, commit=commit,
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
           subprocess.run(cmd, check=True)
     return 0
   if args.dry_run:
-    for workdir, overrides in todo:
+    for workdir, overrides in pending:
       print(shlex.join([sys.executable, "-m", "adatape.main",
                         f"--config={args.config}", f"--workdir={workdir}",
                         *flags(overrides)]))
@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
   os.makedirs(root, exist_ok=True)
   failed = []
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-    futures = [pool.submit(run_local, args.config, w, o) for w, o in todo]
+    futures = [pool.submit(run_local, args.config, w, o) for w, o in pending]
     for future in concurrent.futures.as_completed(futures):
       workdir, code = future.result()
       print(f"{'done' if code == 0 else f'FAILED ({code})'}: {workdir}",
