@@ -9,9 +9,10 @@ function of its arguments, which is what makes resume exact) and
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import Any, Iterator
 
 import ml_collections
+import numpy as np
 
 from adatape import run_config
 
@@ -30,3 +31,30 @@ def create(config: ml_collections.ConfigDict, *, process_index: int,
   return module.Source(data_config, seed=config.seed,
                        process_index=process_index,
                        process_count=process_count)
+
+
+def process_slice(batch: dict[str, np.ndarray], local_batch: int,
+                  process_index: int) -> dict[str, np.ndarray]:
+  """This process's rows of a global batch."""
+  start = process_index * local_batch
+  return {k: v[start:start + local_batch] for k, v in batch.items()}
+
+
+def padded_eval_batches(data: dict[str, np.ndarray], local_batch: int,
+                        process_index: int, process_count: int
+                        ) -> Iterator[dict[str, np.ndarray]]:
+  """A process's share of a fixed eval set, padded, with a `mask` key.
+
+  Every process yields the same number of batches (collectives need it);
+  padding rows have mask 0, so masked sums over all processes count every
+  example exactly once.
+  """
+  total = len(next(iter(data.values())))
+  global_batch = local_batch * process_count
+  for b in range(-(-total // global_batch)):
+    start = b * global_batch + process_index * local_batch
+    index = np.arange(start, start + local_batch)
+    valid = index < total
+    batch = {k: v[np.where(valid, index, 0)] for k, v in data.items()}
+    batch["mask"] = valid.astype(np.float32)
+    yield batch

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from adatape import data as data_lib
 from adatape import run_config
 
 VARIANTS = ("uniform", "graves")
@@ -104,8 +105,7 @@ class Source:
     batch = sample(rng, local_batch * self.process_count,
                    self.config.seq_len, self.config.variant)
     del batch["values"]
-    start = self.process_index * local_batch
-    return {k: v[start:start + local_batch] for k, v in batch.items()}
+    return data_lib.process_slice(batch, local_batch, self.process_index)
 
   def eval_set(self) -> dict[str, np.ndarray]:
     """The whole fixed eval set (identical on every process)."""
@@ -115,22 +115,8 @@ class Source:
 
   def eval_batches(self, local_batch: int
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of the eval set, padded, with a `mask` key.
-
-    Every process yields the same number of batches (a requirement of
-    collective computation); padding rows have mask 0, so summing masked
-    metrics over all processes counts every example exactly once.
-    """
+    """This process's share of the eval set, padded, with a `mask` key."""
     data = self.eval_set()
     del data["values"]
-    total = self.config.eval_examples
-    global_batch = local_batch * self.process_count
-    num_batches = -(-total // global_batch)
-    for b in range(num_batches):
-      start = b * global_batch + self.process_index * local_batch
-      index = np.arange(start, start + local_batch)
-      valid = index < total
-      index = np.where(valid, index, 0)
-      batch = {k: v[index] for k, v in data.items()}
-      batch["mask"] = valid.astype(np.float32)
-      yield batch
+    return data_lib.padded_eval_batches(data, local_batch, self.process_index,
+                                        self.process_count)
