@@ -7,6 +7,7 @@ function of its arguments, which is what makes resume exact) and
 `eval_batches(local_batch)` (padded, with a `mask` key).
 """
 
+import abc
 import importlib
 import pkgutil
 from typing import Any, Iterator
@@ -58,3 +59,36 @@ def padded_eval_batches(data: dict[str, np.ndarray], local_batch: int,
     batch = {k: v[np.where(valid, index, 0)] for k, v in data.items()}
     batch["mask"] = valid.astype(np.float32)
     yield batch
+
+
+class HostSource(abc.ABC):
+  """Base of sources generated on the host from (seed, split, step).
+
+  Subclasses set `input_shape` and `num_classes` and define
+  `train_batch(step, local_batch)` and `eval_set()`; this class gives every
+  process its padded share of the eval set's `inputs` and `label`.
+  """
+
+  def __init__(self, config: Any, *, seed: int, process_index: int,
+               process_count: int):
+    self.config = config
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+
+  @abc.abstractmethod
+  def train_batch(self, step: int, local_batch: int
+                  ) -> dict[str, np.ndarray]:
+    """This process's slice of the global batch of step `step`."""
+
+  @abc.abstractmethod
+  def eval_set(self) -> dict[str, np.ndarray]:
+    """The whole fixed eval set (identical on every process)."""
+
+  def eval_batches(self, local_batch: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of the eval set, padded, with a `mask` key."""
+    data = {k: v for k, v in self.eval_set().items()
+            if k in ("inputs", "label")}
+    return padded_eval_batches(data, local_batch, self.process_index,
+                               self.process_count)

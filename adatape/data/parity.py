@@ -17,7 +17,6 @@ the same examples at every eval.
 """
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 
@@ -76,7 +75,7 @@ def _rng(seed: int, split: str, step: int) -> np.random.Generator:
   return np.random.Generator(np.random.Philox(key))
 
 
-class Source:
+class Source(data_lib.HostSource):
   """Per-process parity batches for the trainer.
 
   Attributes:
@@ -86,12 +85,8 @@ class Source:
 
   num_classes = 2
 
-  def __init__(self, config: Config, *, seed: int, process_index: int,
-               process_count: int):
-    self.config = config
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
+  def __init__(self, config: Config, **kwargs):
+    super().__init__(config, **kwargs)
     self.input_shape = (config.seq_len, 3)
 
   def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
@@ -112,11 +107,3 @@ class Source:
     rng = _rng(self.seed, "eval", 0)
     return sample(rng, self.config.eval_examples, self.config.seq_len,
                   self.config.variant)
-
-  def eval_batches(self, local_batch: int
-                   ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of the eval set, padded, with a `mask` key."""
-    data = self.eval_set()
-    del data["values"]
-    return data_lib.padded_eval_batches(data, local_batch, self.process_index,
-                                        self.process_count)

@@ -13,7 +13,6 @@ Deterministic like parity: every global batch is a pure function of
 """
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 
@@ -80,15 +79,11 @@ def _rng(seed: int, split: str, step: int) -> np.random.Generator:
   return np.random.Generator(np.random.Philox(key))
 
 
-class Source:
+class Source(data_lib.HostSource):
   """Per-process PVR batches, with the trainer's data-source interface."""
 
-  def __init__(self, config: Config, *, seed: int, process_index: int,
-               process_count: int):
-    self.config = config
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
+  def __init__(self, config: Config, **kwargs):
+    super().__init__(config, **kwargs)
     self.input_shape = (config.seq_len + 1,
                         config.seq_len + config.eval_hops + 1)
     self.num_classes = config.seq_len
@@ -105,11 +100,3 @@ class Source:
     """The fixed eval set, hop counts in [1, eval_hops]."""
     return sample(_rng(self.seed, "eval", 0), self.config.eval_examples,
                   self.config, self.config.eval_hops)
-
-  def eval_batches(self, local_batch: int
-                   ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of the eval set, padded, with a `mask` key."""
-    data = self.eval_set()
-    del data["hops"]
-    return data_lib.padded_eval_batches(data, local_batch, self.process_index,
-                                        self.process_count)
