@@ -94,3 +94,28 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_params(workdir: str, step: int | None = None
+                   ) -> tuple[int, Any]:
+  """(step, params) of a run's checkpoint (default: the latest), on host.
+
+  For evaluation and analysis of finished runs on one process; training
+  restores the whole sharded state through `Checkpointer` instead.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise CheckpointError(
+        f"no checkpoint at step {step} in {directory}; steps: {steps}")
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore())).state
+  manager.close()
+  return step, state["params"]

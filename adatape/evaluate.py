@@ -59,7 +59,7 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
-  import orbax.checkpoint as ocp
+  from adatape import checkpointing
   from adatape import parallel
   from adatape import run_config
   from adatape import train
@@ -70,17 +70,10 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
     _fail(f"--workdir: {config_path} does not exist (not a run directory)")
   with open(config_path) as f:
     base = ml_collections.ConfigDict(json.load(f))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(d) for d in (os.listdir(ckpt_dir)
-                                  if os.path.isdir(ckpt_dir) else [])
-                 if d.isdigit())
-  if not steps:
-    _fail(f"--workdir: no checkpoint in {ckpt_dir}")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    _fail(f"--step={step}: checkpoints are at steps {steps}")
-  params = ocp.StandardCheckpointer().restore(os.path.abspath(
-      os.path.join(ckpt_dir, str(step), "state")))["params"]
+  try:
+    step, params = checkpointing.restore_params(workdir, step)
+  except checkpointing.CheckpointError as e:
+    _fail(f"--workdir: {e}")
 
   rows = []
   for overrides in budget_points(base, thresholds, max_tokens):

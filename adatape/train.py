@@ -377,10 +377,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   step = start_step
   preemption = _PreemptionFlag()
 
+  def elapsed() -> float:
+    """Wall time of the run so far, over all its segments."""
+    return train_time + time.monotonic() - segment_start
+
   def meta(step: int) -> dict[str, Any]:
     """Host-side position saved with the state (batches are f(step))."""
-    return {"step": step, "data_position": step,
-            "train_time_s": train_time + time.monotonic() - segment_start}
+    return {"step": step, "data_position": step, "train_time_s": elapsed()}
 
   try:
     while step < sched.total_steps:
@@ -410,13 +413,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
               "checkpoints is intact; lower optim.learning_rate or check "
               "the data")
         if do_log:
-          reporter.write(step, {k: float(v) for k, v in metrics.items()})
+          reporter.write(step, {**{k: float(v) for k, v in metrics.items()},
+                                "perf/train_time_s": elapsed()})
       if do_eval:
         eval_start = time.monotonic()
         eval_metrics = evaluate(jit_eval, state.params, run.source, mesh,
                                 local_eval_batch)
         eval_time += time.monotonic() - eval_start
-        reporter.write(step, eval_metrics)
+        reporter.write(step, {**eval_metrics, "perf/train_time_s": elapsed()})
         reporter.restart_clock(step)
       if do_save:
         ckpt.save(step, state, meta(step), force=last)
@@ -430,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     ckpt.close()
     reporter.close()
 
-  wall = train_time + time.monotonic() - segment_start
+  wall = elapsed()
   segment_steps = sched.total_steps - start_step
   segment_time = time.monotonic() - segment_start - eval_time
   results = dict(eval_metrics)

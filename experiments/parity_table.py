@@ -48,20 +48,14 @@ def tape_difficulty(workdir):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from adatape import models  # pylint: disable=g-import-not-at-top
-  from adatape.data import parity  # pylint: disable=g-import-not-at-top
+  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
+  from adatape import train  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  steps = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-              if d.isdigit())
-  params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(
-      workdir, "checkpoints", str(steps), "state")))["params"]
-  source = parity.Source(parity.Config(**config.data.to_dict()),
-                         seed=config.seed, process_index=0, process_count=1)
-  model = models.build(config, input_shape=source.input_shape,
-                       num_classes=source.num_classes)
+  _, params = checkpointing.restore_params(workdir)
+  run = train.prepare(config)
+  source, model = run.source, run.model
   apply = jax.jit(lambda x: model.apply({"params": params}, x, train=False))
   data = source.eval_set()
   lengths = np.concatenate([

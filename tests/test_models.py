@@ -33,6 +33,15 @@ def _init_apply(model, x, seed=0):
   return variables, apply
 
 
+def _random_head(variables, seed=1):
+  """The head is zero-initialised; a random one lets logits show features."""
+  kernel = variables["params"]["head"]["output_projection"]["kernel"]
+  head = {"output_projection": {
+      "kernel": jax.random.normal(jax.random.key(seed), kernel.shape),
+      "bias": variables["params"]["head"]["output_projection"]["bias"]}}
+  return {"params": {**variables["params"], "head": head}}
+
+
 @pytest.mark.parametrize("model_kw, tape_kw", [
     (dict(stem="flatten"), dict()),
     (dict(stem="flatten", classifier="token"),
@@ -159,3 +168,67 @@ def test_unknown_model_key_lists_the_valid_ones():
                      match="model.colour is not a key.*mlp_dim.*posemb"):
     models.build(_config("transformer", colour="red"), input_shape=(16, 3),
                  num_classes=2)
+
+
+def test_query_noise_and_bank_dropout_act_only_in_training():
+  noisy = models.build(
+      _config("adatape", tape=dict(query_noise=0.5, bank_dropout=0.3),
+              stem="flatten"), input_shape=(32, 3), num_classes=2)
+  clean = models.build(_config("adatape", tape={}, stem="flatten"),
+                       input_shape=(32, 3), num_classes=2)
+  x = _parity_inputs(8)
+  variables, _ = _init_apply(noisy, x)
+  variables = _random_head(variables)
+
+  def train_logits(model, seed):
+    return np.asarray(model.apply(variables, x, train=True,
+                                  rngs={"dropout": jax.random.key(seed)})
+                      .logits)
+
+  # Deterministic given the key, different across keys, off at eval.
+  np.testing.assert_array_equal(train_logits(noisy, 1), train_logits(noisy, 1))
+  assert not np.allclose(train_logits(noisy, 1), train_logits(noisy, 2))
+  assert not np.allclose(train_logits(noisy, 1), train_logits(clean, 1))
+  np.testing.assert_array_equal(
+      noisy.apply(variables, x, train=False).logits,
+      clean.apply(variables, x, train=False).logits)
+
+
+def test_legacy_pooling_over_padded_tape_changes_outputs():
+  kwargs = dict(input_shape=(32, 3), num_classes=2)
+  fixed = models.build(_config("adatape", tape={}, stem="flatten"), **kwargs)
+  legacy = models.build(_config("adatape", tape={}, stem="flatten",
+                                pool_include_padded_tape=True), **kwargs)
+  x = _parity_inputs(16)
+  variables, _ = _init_apply(fixed, x)
+  variables = _random_head(variables)
+  out = fixed.apply(variables, x, train=False)
+  padded = np.asarray(out.tape_length_B) < 8
+  assert padded.any()
+  legacy_logits = np.asarray(legacy.apply(variables, x, train=False).logits)
+  # Examples with a full tape pool the same positions either way.
+  np.testing.assert_allclose(legacy_logits[~padded],
+                             np.asarray(out.logits)[~padded], rtol=1e-5,
+                             atol=1e-6)
+  assert not np.allclose(legacy_logits[padded], np.asarray(out.logits)[padded])
+
+
+def test_act_output_updates():
+  out, value = jnp.full((2,), 3.0), jnp.full((2,), 10.0)
+  weight = jnp.array([0.25, 0.0])
+  np.testing.assert_allclose(
+      halting.accumulate(out, value, weight, "accumulated"), [5.5, 3.0])
+  np.testing.assert_allclose(
+      halting.accumulate(out, value, weight, "basic"), [4.75, 3.0])
+  x = _parity_inputs(4, 16)
+  logits = {}
+  for act_type in halting.ACT_TYPES:
+    model = models.build(_config("universal_transformer", act_type=act_type,
+                                 halting_bias_init=-1.0),
+                         input_shape=(16, 3), num_classes=2)
+    variables, apply = _init_apply(model, x)
+    logits[act_type] = np.asarray(apply(_random_head(variables), x).logits)
+  # With bias -1 several steps get non-zero weight, and the EMA blend and
+  # the mean field combine those steps differently.
+  assert all(np.all(np.isfinite(v)) for v in logits.values())
+  assert not np.allclose(logits["basic"], logits["accumulated"])

@@ -88,7 +88,10 @@ class HostSource(abc.ABC):
   def eval_batches(self, local_batch: int
                    ) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the eval set, padded, with a `mask` key."""
-    data = {k: v for k, v in self.eval_set().items()
-            if k in ("inputs", "label")}
+    if not hasattr(self, "_eval_data"):
+      # Generated once: the set is fixed, and every eval reads all of it.
+      self._eval_data = {k: v for k, v in self.eval_set().items()
+                         if k in ("inputs", "label")}
+    data = self._eval_data
     return padded_eval_batches(data, local_batch, self.process_index,
                                self.process_count)
