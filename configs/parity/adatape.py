@@ -12,8 +12,8 @@ Other lengths: --config=configs/parity/adatape.py:seq_len=64
 Measured (2-core CPU, this config, 12000 steps of batch 128; see
 experiments/results/parity_table.md): eval accuracy 99.78% / 99.66% /
 99.98% for seeds 0 / 1 / 2, first eval >= 99% at step 7000 / 7000 / 6000
-(seed 0: 99.0% at 95 s; 12000 steps in 165 s at 85 steps/s); mean tape
-length 6.9-7.2 of 8.
+(seed 0: 99.0% after 93.9 s of training, perf/train_time_s in
+metrics.jsonl; 12000 steps in 152.7 s); mean tape length 6.9-7.2 of 8.
 """
 
 import ml_collections
