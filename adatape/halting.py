@@ -78,3 +78,69 @@ def accumulate(output: jax.Array, value: jax.Array, weight: jax.Array,
   if act_type == "accumulated":
     return output + weight * value
   return weight * value + (1.0 - weight) * output
+
+
+def running(state: ActState) -> jax.Array:
+  """Units that have not halted yet (float 0/1), i.e. that the next step
+  updates."""
+  return (state.halting < 1.0).astype(jnp.float32)
+
+
+# PonderNet (Banino et al. 2021): a halting *distribution* over steps.
+
+
+def geometric_log_probs(logits_BxS: jax.Array) -> jax.Array:
+  """log p_n of halting exactly at step n, from conditional halting logits.
+
+  p_n = lambda_n * prod_{j<n} (1 - lambda_j) with lambda_n = sigmoid(logit),
+  computed in log space (log_sigmoid) so that late steps underflow to a
+  finite large negative number instead of log(0). The last step's lambda is
+  forced to 1 (PonderNet's truncation), so each row sums to one.
+  """
+  logits = logits_BxS.astype(jnp.float32)
+  num_steps = logits.shape[-1]
+  is_last = jnp.arange(num_steps) == num_steps - 1
+  log_halt = jnp.where(is_last, 0.0, jax.nn.log_sigmoid(logits))
+  log_continue = jax.nn.log_sigmoid(-logits)
+  survived = jnp.cumsum(log_continue, axis=-1) - log_continue
+  return log_halt + survived
+
+
+def geometric_prior_log_probs(num_steps: int, lambda_p: float) -> jax.Array:
+  """log of PonderNet's geometric prior over steps 1..S, renormalised.
+
+  p_G(n) = lambda_p (1 - lambda_p)^(n-1), divided by its mass on 1..S (the
+  reference implementation leaves it unnormalised, summing to
+  1 - (1 - lambda_p)^S).
+  """
+  n = jnp.arange(num_steps, dtype=jnp.float32)
+  log_p = jnp.log(lambda_p) + n * jnp.log1p(-lambda_p)
+  return log_p - jax.nn.logsumexp(log_p)
+
+
+def kl(log_p_BxS: jax.Array, log_q_S: jax.Array) -> jax.Array:
+  """KL(p || q) per row: sum_n p_n (log p_n - log q_n)."""
+  p = jnp.exp(log_p_BxS)
+  return jnp.sum(p * (log_p_BxS - log_q_S), axis=-1)
+
+
+# A-ViT's distributional prior over the layer at which tokens halt.
+
+DEPTH_PRIORS = ("gaussian", "laplace")
+
+
+def depth_prior(kind: str, num_layers: int, mean: float,
+                scale: float) -> jax.Array:
+  """A normalised target distribution over layers 1..L.
+
+  "gaussian" is A-ViT's N(mean, scale); "laplace" is the AdaViT seed
+  project's Laplace(mean, scale / sqrt(2)), which has the same variance.
+  Unlike the official code, the target is normalised over the L layers, so
+  the KL against it is a true divergence.
+  """
+  layer = jnp.arange(1, num_layers + 1, dtype=jnp.float32)
+  if kind == "laplace":
+    log_t = -jnp.abs(layer - mean) / (scale / jnp.sqrt(2.0))
+  else:
+    log_t = -0.5 * ((layer - mean) / scale) ** 2
+  return jax.nn.softmax(log_t)

@@ -8,7 +8,9 @@ devices.
 """
 
 import dataclasses
+import re
 
+import flax
 import jax
 import optax
 
@@ -32,6 +34,9 @@ class Config:
     clip_norm: global gradient-norm clip (0: off).
     decay_mask: "all" parameters (official) or only "kernels" (matrices and
       the learnable bank; no biases, LayerNorms or embeddings' scales).
+    trainable: if set, a regular expression; only parameters whose path
+      ("encoderblock_0/acm/gate/Dense_0/kernel") it matches are updated, the
+      others stay fixed (no update, no weight decay). Empty: all.
   """
 
   learning_rate: float = 1e-3
@@ -42,6 +47,7 @@ class Config:
   b2: float = 0.999
   clip_norm: float = 1.0
   decay_mask: str = "all"
+  trainable: str = ""
 
   def __post_init__(self):
     check = run_config.check
@@ -56,6 +62,12 @@ class Config:
     check(0 <= self.b1 < 1 and 0 <= self.b2 < 1,
           "optim.b1 and optim.b2 must be in [0, 1)")
     check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm} must be >= 0")
+    try:
+      re.compile(self.trainable)
+    except re.error as e:
+      raise run_config.ConfigError(
+          f"optim.trainable={self.trainable!r} is not a regular expression: "
+          f"{e}") from None
 
 
 def schedule(config: Config, total_steps: int) -> optax.Schedule:
@@ -83,5 +95,21 @@ def create(config: Config, total_steps: int) -> optax.GradientTransformation:
                       b2=config.b2, weight_decay=config.weight_decay,
                       mask=mask)
   if config.clip_norm:
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
-  return adamw
+    adamw = optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+  if not config.trainable:
+    return adamw
+  return optax.multi_transform(
+      {"train": adamw, "freeze": optax.set_to_zero()},
+      lambda params: _trainable_labels(params, config.trainable))
+
+
+def _trainable_labels(params, pattern: str):
+  """"train" / "freeze" per leaf; refuses a pattern that matches nothing."""
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  labels = {path: "train" if re.search(pattern, path) else "freeze"
+            for path in flat}
+  run_config.check(
+      "train" in labels.values(),
+      f"optim.trainable={pattern!r} matches no parameter; paths look like "
+      f"{next(iter(flat), '')!r}")
+  return flax.traverse_util.unflatten_dict(labels, sep="/")

@@ -98,6 +98,9 @@ class Schedule:
     eval_every_steps: eval interval (and always at the end).
     checkpoint_every_steps: checkpoint interval (and always at the end).
     max_checkpoints: checkpoints kept.
+    init_from: a workdir whose latest checkpoint initialises every
+      parameter with the same path and shape (fine-tuning; the stages of
+      the ACM conversion); the others keep their fresh initialisation.
   """
 
   seed: int = 0
@@ -109,6 +112,7 @@ class Schedule:
   eval_every_steps: int = 1000
   checkpoint_every_steps: int = 1000
   max_checkpoints: int = 3
+  init_from: str = ""
 
   def __post_init__(self):
     for name in ("total_steps", "batch_size", "eval_batch_size",
@@ -137,8 +141,8 @@ def init_state(seed_key: jax.Array, *, model: Any,
   """A fresh train state: parameters from `seed_key`, step 0."""
   params_key, dropout_key = jax.random.split(seed_key)
   dummy = jnp.zeros((1,) + input_shape, jnp.float32)
-  params = model.init({"params": params_key, "dropout": dropout_key},
-                      dummy, train=False)["params"]
+  params = model.init({"params": params_key, "dropout": dropout_key,
+                       "halting": dropout_key}, dummy, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(seed_key, 1)))
@@ -153,6 +157,21 @@ def task_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def example_loss(out: outputs.ModelOutput, labels: jax.Array, loss: str
+                 ) -> jax.Array:
+  """The training task loss per example `[B]`.
+
+  For a model with a halting distribution over steps (PonderNet) it is the
+  expected loss, sum_n p_n * loss(step n's logits); otherwise the loss of
+  `out.logits`.
+  """
+  if out.step_logits_SxBxC is None:
+    return task_loss(out.logits, labels, loss)
+  per_step_SxB = jax.vmap(lambda l: task_loss(l, labels, loss))(
+      out.step_logits_SxBxC)
+  return jnp.sum(jnp.exp(out.step_log_probs_BxS) * per_step_SxB.T, axis=-1)
+
+
 def _aux_values(out: outputs.ModelOutput) -> dict[str, jax.Array]:
   """Per-example auxiliaries present in this model's output."""
   values = {}
@@ -161,7 +180,10 @@ def _aux_values(out: outputs.ModelOutput) -> dict[str, jax.Array]:
     values["atr_loss"] = out.atr_loss_B
   if out.ponder_cost_B is not None:
     values["ponder_cost"] = out.ponder_cost_B
+  if out.ponder_steps_B is not None:
     values["ponder_steps"] = out.ponder_steps_B
+  if out.flops_B is not None:
+    values["gflops"] = out.flops_B / 1e9
   return values
 
 
@@ -174,8 +196,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
   def loss_fn(params):
     out = model.apply({"params": params}, batch["inputs"], train=True,
-                      rngs={"dropout": key})
-    task_B = task_loss(out.logits, batch["label"], loss)
+                      rngs={"dropout": key,
+                            "halting": jax.random.fold_in(key, 1)})
+    task_B = example_loss(out, batch["label"], loss)
     total = task_B.mean() + out.aux_loss_B.mean()
     return total, (out, task_B)
 
@@ -203,8 +226,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any,
               loss: str) -> dict[str, jax.Array]:
-  """Masked sums over a padded eval batch (exact when summed over batches)."""
-  out = model.apply({"params": params}, batch["inputs"], train=False)
+  """Masked sums over a padded eval batch (exact when summed over batches).
+
+  Models that sample at evaluation (PonderNet's sampled halting) draw from
+  a fixed `halting` key, so an eval is reproducible.
+  """
+  out = model.apply({"params": params}, batch["inputs"], train=False,
+                    rngs={"halting": jax.random.key(0)})
   mask = batch["mask"]
   sums = {
       "count": mask.sum(),
@@ -290,6 +318,30 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
   return set() if a == b else {prefix.rstrip(".")}
 
 
+def _params_from(workdir: str, params: Any) -> Any:
+  """`params` with every leaf that `workdir`'s checkpoint also has (same
+  path and shape) replaced by the checkpoint's value, keeping shardings."""
+  step, loaded = checkpointing.restore_params(workdir)
+  loaded = flax.traverse_util.flatten_dict(loaded, sep="/")
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  copied, skipped = 0, []
+  for path, leaf in flat.items():
+    value = loaded.get(path)
+    if value is not None and tuple(value.shape) == tuple(leaf.shape):
+      flat[path] = jax.device_put(np.asarray(value, leaf.dtype),
+                                  leaf.sharding)
+      copied += 1
+    else:
+      skipped.append(path)
+  run_config.check(copied > 0, f"init_from={workdir} shares no parameter "
+                   "(same path and shape) with this model")
+  print(f"initialised {copied} of {len(flat)} parameter arrays from "
+        f"{workdir} (step {step}); fresh: "
+        f"{', '.join(skipped[:6]) or 'none'}"
+        f"{' ...' if len(skipped) > 6 else ''}", flush=True)
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
 def _all_finite(metrics: dict[str, Any]) -> bool:
   return all(math.isfinite(float(metrics[k]))
              for k in ("train/loss", "train/grad_norm"))
@@ -309,6 +361,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         f"{key}={value} must be divisible by the data axis of the mesh "
         f"({mesh.shape['data']})")
   _check_workdir(config, workdir)
+  if sched.init_from:
+    run_config.check(
+        gfile.exists(os.path.join(sched.init_from, "checkpoints")),
+        f"init_from={sched.init_from} holds no checkpoints/ (train that "
+        "run first)")
   is_main = jax.process_index() == 0
   results_path = os.path.join(workdir, "results.json")
 
@@ -348,6 +405,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     print(f"resumed from step {latest} in {workdir}/checkpoints", flush=True)
   else:
     state = jax.jit(init, out_shardings=state_sharding)(seed_key)
+    if sched.init_from:
+      state = state.replace(params=_params_from(sched.init_from, state.params))
+      state = state.replace(opt_state=jax.jit(
+          tx.init, out_shardings=state_sharding.opt_state)(state.params))
     train_time = 0.0
     print(f"training {config.model.name} ({num_params:,} parameters) for "
           f"{sched.total_steps} steps on {num_devices} device(s)",

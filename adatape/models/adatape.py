@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from adatape import run_config
 from adatape import tape as tape_lib
 from adatape.models import encoder
+from adatape.models import flops
 from adatape.models import outputs
 from adatape.models import stems
 from adatape.tape import banks
@@ -33,6 +34,9 @@ class Config(stems.ClassifierConfig):
     bank_patch_size: patch size of the input-driven image bank.
     pool_include_padded_tape: average over all slots, padded ones included,
       as the official code did (bug B3). For measurement only.
+    bank_posemb: learned position embeddings on a sequence bank's entries
+      (off for parity, which is permutation invariant; on for pointer-value
+      retrieval, whose pointers are positions).
   """
 
   tape: tape_lib.TapeConfig
@@ -40,6 +44,7 @@ class Config(stems.ClassifierConfig):
   posemb: bool = False
   bank_patch_size: int = 8
   pool_include_padded_tape: bool = False
+  bank_posemb: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -71,19 +76,23 @@ class Model(nn.Module):
     x = cfg.make_stem()(inputs, train=train)
     bank = banks.create(cfg.tape.bank, stem=cfg.stem, width=enc.width,
                         bank_size=cfg.tape.bank_size,
-                        bank_patch_size=cfg.bank_patch_size)(inputs)
+                        bank_patch_size=cfg.bank_patch_size,
+                        posemb=cfg.bank_posemb)(inputs)
     num_main = x.shape[1]
     mask_BxL = jnp.ones(x.shape[:2], bool)
     tape_masks, lengths, losses = [], [], []
+    flops_B = jnp.zeros(x.shape[:1], jnp.float32)
     for i in range(enc.depth):
       if i in cfg.tape.layers:
         readout = tape_lib.TapeAppender(cfg.tape, name=f"tape_{i}")(
             x, mask_BxL, bank, train=train)
+        flops_B += _reader_flops(cfg, bank.shape[-2], readout.length_B)
         x = jnp.concatenate([x, readout.tokens_BxTxD], axis=1)
         mask_BxL = jnp.concatenate([mask_BxL, readout.mask_BxT], axis=1)
         tape_masks.append(readout.mask_BxT)
         lengths.append(readout.length_B)
         losses.append(readout.loss_B)
+      flops_B += _block_flops(cfg, num_main, mask_BxL)
       x = encoder.EncoderBlock(
           enc, tape_mlp_dim=cfg.tape.encoder_mlp_dim,
           tape_dropout=cfg.tape.dropout, name=f"encoderblock_{i}")(
@@ -97,4 +106,30 @@ class Model(nn.Module):
         aux_loss_B=cfg.tape.loss_weight * atr_loss_B,
         tape_length_B=sum(lengths),
         tape_mask_BxT=jnp.concatenate(tape_masks, axis=1),
-        atr_loss_B=atr_loss_B)
+        atr_loss_B=atr_loss_B,
+        flops_B=flops_B)
+
+
+def _reader_flops(cfg: Config, bank_entries: int, length_B: jax.Array
+                  ) -> jax.Array:
+  """Scoring the bank once per reading step, plus the tape MLP."""
+  tape = cfg.tape
+  width = cfg.encoder.width
+  steps_B = jnp.ceil(length_B.astype(jnp.float32) / tape.tokens_per_step)
+  total = flops.dense(width, bank_entries, steps_B)
+  if tape.mlp_dim:
+    total += flops.glu_mlp(width, tape.mlp_dim, length_B)
+  return total
+
+
+def _block_flops(cfg: Config, num_main: int, mask_BxL: jax.Array
+                 ) -> jax.Array:
+  """One block over the main tokens and each example's valid tape tokens."""
+  enc = cfg.encoder
+  tokens_B = mask_BxL.sum(1).astype(jnp.float32)
+  tape_B = tokens_B - num_main
+  total = flops.attention(enc.width, tokens_B, tokens_B)
+  total += flops.mlp(enc.width, enc.mlp_dim, num_main)
+  if cfg.tape.encoder_mlp_dim:
+    return total + flops.glu_mlp(enc.width, cfg.tape.encoder_mlp_dim, tape_B)
+  return total + flops.mlp(enc.width, enc.mlp_dim, tape_B)

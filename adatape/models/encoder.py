@@ -92,6 +92,25 @@ def attention_mask(mask_BxL: jax.Array) -> jax.Array:
   return mask_BxL[:, None, None, :]
 
 
+def attention_sublayer(cfg: EncoderConfig, x_BxLxD: jax.Array,
+                       mask_BxL: jax.Array, train: bool) -> jax.Array:
+  """Dropout(Attn(LN(x))), the residual update of a pre-LN block.
+
+  Call it inside a compact `__call__`: its LayerNorm and attention become
+  submodules of the caller, named `norm_attention` and `attention`, so every
+  block (plain, ACM, Hyper-UT) has the same parameter paths and a model can
+  start from another's checkpoint.
+  """
+  y = nn.LayerNorm(name="norm_attention")(x_BxLxD)
+  y = nn.MultiHeadDotProductAttention(
+      num_heads=cfg.num_heads,
+      kernel_init=_KERNEL_INIT,
+      dropout_rate=cfg.attention_dropout,
+      deterministic=not train,
+      name="attention")(y, y, mask=attention_mask(mask_BxL))
+  return nn.Dropout(cfg.dropout)(y, deterministic=not train)
+
+
 class EncoderBlock(nn.Module):
   """Pre-LN block: x + Attn(LN(x)); then x + FFN(LN(x)).
 
@@ -107,15 +126,7 @@ class EncoderBlock(nn.Module):
   def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, *,
                num_main: int, train: bool) -> jax.Array:
     cfg = self.config
-    y = nn.LayerNorm(name="norm_attention")(x_BxLxD)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=cfg.num_heads,
-        kernel_init=_KERNEL_INIT,
-        dropout_rate=cfg.attention_dropout,
-        deterministic=not train,
-        name="attention")(y, y, mask=attention_mask(mask_BxL))
-    y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
-    x_BxLxD = x_BxLxD + y
+    x_BxLxD = x_BxLxD + attention_sublayer(cfg, x_BxLxD, mask_BxL, train)
     y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
     has_tape = x_BxLxD.shape[1] > num_main
     if self.tape_mlp_dim and has_tape:

@@ -17,7 +17,18 @@ class ModelOutput(NamedTuple):
     tape_mask_BxT: which tape slots are valid (AdaTape).
     atr_loss_B: unweighted ATR loss (AdaTape).
     ponder_cost_B: mean over valid tokens of N + R (ACT models).
-    ponder_steps_B: mean over valid tokens of N (ACT models).
+    ponder_steps_B: mean over valid tokens of N (ACT models); layers used
+      (A-ViT, ALBERT-ACT); the halting step (PonderNet); learners used per
+      token and module (ACM).
+    flops_B: analytic forward FLOPs of the encoder per example, counting
+      only the work the method's decisions require (tokens still running,
+      tape tokens read, learners chosen) plus its own overhead (reader,
+      halting units, gates, routers); see `models/flops.py`.
+    token_depth_BxL: per-token number of layers or steps used (`updates`),
+      for depth maps.
+    step_logits_SxBxC: PonderNet's prediction at every step.
+    step_log_probs_BxS: PonderNet's log halting distribution over steps;
+      with `step_logits_SxBxC` the task loss is the expectation over steps.
   """
 
   logits: jax.Array
@@ -27,3 +38,7 @@ class ModelOutput(NamedTuple):
   atr_loss_B: jax.Array | None = None
   ponder_cost_B: jax.Array | None = None
   ponder_steps_B: jax.Array | None = None
+  flops_B: jax.Array | None = None
+  token_depth_BxL: jax.Array | None = None
+  step_logits_SxBxC: jax.Array | None = None
+  step_log_probs_BxS: jax.Array | None = None

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from adatape.models import encoder
+from adatape.models import flops
 from adatape.models import outputs
 from adatape.models import stems
 
@@ -31,6 +32,8 @@ class Model(nn.Module):
     for i in range(enc.depth):
       x = encoder.EncoderBlock(enc, name=f"encoderblock_{i}")(
           x, mask_BxL, num_main=x.shape[1], train=train)
+    tokens = jnp.full(x.shape[:1], x.shape[1], jnp.float32)
     return outputs.ModelOutput(
         logits=cfg.classify(x, mask_BxL),
-        aux_loss_B=jnp.zeros((x.shape[0],), jnp.float32))
+        aux_loss_B=jnp.zeros((x.shape[0],), jnp.float32),
+        flops_B=enc.depth * flops.block(enc.width, enc.mlp_dim, tokens))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from adatape import halting
 from adatape import run_config
 from adatape.models import encoder
+from adatape.models import flops
 from adatape.models import outputs
 from adatape.models import stems
 
@@ -56,6 +57,16 @@ class Config(stems.ClassifierConfig):
                      f"model.act_loss_weight={self.act_loss_weight} must be "
                      ">= 0")
 
+  def make_block(self, name: str) -> nn.Module:
+    """The shared block; Hyper-UT overrides it with a generated-weight FFN."""
+    return encoder.EncoderBlock(self.encoder, name=name)
+
+  def step_flops(self, tokens_B: jax.Array, keys_B: jax.Array) -> jax.Array:
+    """FLOPs of one step for `tokens_B` running tokens per example."""
+    enc = self.encoder
+    return (flops.block(enc.width, enc.mlp_dim, tokens_B, keys_B)
+            + flops.dense(enc.width, 1, tokens_B))
+
 
 class _Step(nn.Module):
   """One ACT step of the shared block; scanned over steps."""
@@ -66,7 +77,7 @@ class _Step(nn.Module):
   @nn.compact
   def __call__(self, carry, step_index):
     cfg = self.config
-    state_BxLxD, output_BxLxD, act, mask_BxL = carry
+    state_BxLxD, output_BxLxD, act, mask_BxL, flops_B = carry
     step_embed = self.param("step_embedding", nn.initializers.normal(0.02),
                             (cfg.encoder.depth, cfg.encoder.width))
     stepped = state_BxLxD + step_embed[step_index]
@@ -79,14 +90,18 @@ class _Step(nn.Module):
     else:
       prob = nn.sigmoid(
           halting_unit(encoder.masked_mean(stepped, mask_BxL))[..., 0])
+    keys_B = mask_BxL.sum(1).astype(jnp.float32)
+    running = halting.running(act)
+    tokens_B = running.sum(1) if running.ndim == 2 else running * keys_B
+    flops_B = flops_B + cfg.step_flops(tokens_B, keys_B)
     act, weight = halting.step(act, prob, epsilon=cfg.act_epsilon,
                                is_last=step_index == cfg.encoder.depth - 1)
-    new_state = encoder.EncoderBlock(cfg.encoder, name="block")(
+    new_state = cfg.make_block("block")(
         stepped, mask_BxL, num_main=stepped.shape[1], train=self.train)
     weight_b = weight[..., None] if weight.ndim == 2 else weight[:, None, None]
     output_BxLxD = halting.accumulate(output_BxLxD, new_state, weight_b,
                                       cfg.act_type)
-    return (new_state, output_BxLxD, act, mask_BxL), None
+    return (new_state, output_BxLxD, act, mask_BxL, flops_B), None
 
 
 class Model(nn.Module):
@@ -108,12 +123,15 @@ class Model(nn.Module):
     scan = nn.scan(_Step, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True},
                    length=enc.depth, unroll=enc.depth)
-    carry = (x, jnp.zeros_like(x), halting.init(shape), mask_BxL)
-    (_, out, act, _), _ = scan(cfg, train, name="act")(
+    carry = (x, jnp.zeros_like(x), halting.init(shape), mask_BxL,
+             jnp.zeros(x.shape[:1], jnp.float32))
+    (_, out, act, _, flops_B), _ = scan(cfg, train, name="act")(
         carry, jnp.arange(enc.depth))
     logits = cfg.classify(out, mask_BxL)
     cost = halting.ponder_cost(act)
     steps = act.updates
+    depth_BxL = (steps if cfg.act_level == "per_token" else
+                 jnp.broadcast_to(steps[:, None], mask_BxL.shape))
     if cfg.act_level == "per_token":
       weights = mask_BxL.astype(jnp.float32)
       cost = (cost * weights).sum(1) / weights.sum(1)
@@ -122,4 +140,6 @@ class Model(nn.Module):
         logits=logits,
         aux_loss_B=cfg.act_loss_weight * cost,
         ponder_cost_B=cost,
-        ponder_steps_B=steps)
+        ponder_steps_B=steps,
+        flops_B=flops_B,
+        token_depth_BxL=depth_BxL)

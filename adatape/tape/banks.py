@@ -28,15 +28,22 @@ class LearnableBank(nn.Module):
 class SequenceBank(nn.Module):
   """One bank entry per input element: a Dense embedding (spec section 2.3).
 
-  For parity the input is one-hot `[B, S, C]`, so the bank is `[B, S, D]`.
-  There is no position embedding: the task is permutation invariant.
+  For parity the input is one-hot `[B, S, C]`, so the bank is `[B, S, D]`,
+  without position embeddings (the task is permutation invariant). With
+  `posemb`, a learned position embedding is added to each entry, for tasks
+  where an element sits matters (pointer-value retrieval).
   """
 
   width: int
+  posemb: bool = False
 
   @nn.compact
   def __call__(self, inputs_BxSxC: jax.Array) -> jax.Array:
-    return nn.Dense(self.width, name="embed")(inputs_BxSxC)
+    x = nn.Dense(self.width, name="embed")(inputs_BxSxC)
+    if self.posemb:
+      x = x + self.param("posembed_bank", nn.initializers.normal(0.02),
+                         (1,) + x.shape[1:])
+    return x
 
 
 class PatchBank(nn.Module):
@@ -62,13 +69,13 @@ class PatchBank(nn.Module):
 
 
 def create(bank: str, *, stem: str, width: int, bank_size: int,
-           bank_patch_size: int) -> nn.Module:
+           bank_patch_size: int, posemb: bool = False) -> nn.Module:
   """The bank module for a tape config and a model stem."""
   if bank == "learn":
     return LearnableBank(size=bank_size, width=width, name="bank")
   if stem == "patches":
     return PatchBank(patch_size=bank_patch_size, width=width, name="bank")
-  return SequenceBank(width=width, name="bank")
+  return SequenceBank(width=width, posemb=posemb, name="bank")
 
 
 def bank_entries(bank: str, *, stem: str, input_shape: tuple[int, ...],

@@ -16,9 +16,10 @@ from adatape import run_config
 WIDTH, DEPTH, HEADS, MLP_DIM = 64, 2, 4, 256
 
 
-def parse(arg: str | None) -> ml_collections.ConfigDict:
+def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
+  """The family's config args, plus a method file's `extra` ones."""
   return run_config.parse_arg(arg, seq_len=32, variant="uniform", tiny=False,
-                              steps=0)
+                              steps=0, **extra)
 
 
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

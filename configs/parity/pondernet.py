@@ -1,0 +1,24 @@
+r"""PonderNet (baselines spec B) on parity.
+
+A shared block for up to 2 * depth steps, halting per example.
+Same data, budget and width as the other parity models (common.py).
+
+Run (2-core CPU):
+  python -m adatape.main --config=configs/parity/pondernet.py --workdir=/tmp/pondernet
+Compared with every other method by experiments/compare_methods.py; the
+measured numbers are in experiments/results/compare_methods.md.
+"""
+
+import ml_collections
+
+from configs import methods
+from configs.parity import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse(arg)
+  c = common.base(args)
+  c.model = methods.pondernet(common.model, 2 * common.DEPTH)
+  if args.tiny:
+    common.shrink(c)
+  return c

@@ -1,0 +1,37 @@
+r"""AdaTape on pointer-value retrieval.
+
+As on parity, the main input is one flattened token and the bank holds one
+embedding per input token (the hop token and the S values), here with
+position embeddings, since the pointers are positions. The reader appends
+up to T = 4 of them (K = T / epsilon = 2 per step) before block 1 of
+DEPTH (4).
+
+Run (2-core CPU):
+  python -m adatape.main --config=configs/pvr/adatape.py --workdir=/tmp/pvr_at
+Compared with every other method by experiments/compare_methods.py;
+measured numbers in experiments/results/compare_methods.md.
+"""
+
+import ml_collections
+
+from configs.pvr import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse(arg)
+  c = common.base(args)
+  c.model = common.model("adatape", stem="flatten", classifier="gap",
+                         posemb=False, head_bias_init=0.0,
+                         pool_include_padded_tape=False, bank_posemb=True)
+  c.tape = ml_collections.ConfigDict(dict(
+      bank="input", bank_size=0, num_tokens=4, tokens_per_step=1,
+      epsilon=2.0, adaptive=True, loss_type="entropy", loss_weight=0.01,
+      query_type="gap", complex_query=True, query_noise=0.0,
+      bank_dropout=0.0, key_split=common.HEADS, layers=(1,), mlp_dim=0,
+      encoder_mlp_dim=0, dropout=0.0, legacy_flat_gather=False,
+      early_stop=False))
+  if args.tiny:
+    common.shrink(c)
+    c.tape.key_split = 2
+    c.tape.num_tokens, c.tape.epsilon = 2, 1.0
+  return c
