@@ -81,6 +81,9 @@ class Model(nn.Module):
                                      is_last=n == enc.depth - 1)
       w = weight_BxL[..., None].astype(y.dtype)
       state = w * y + (1.0 - w) * state
+      # For tests and analysis (`mutable=["intermediates"]`).
+      self.sow("intermediates", "states", state)
+      self.sow("intermediates", "halted", act.halting >= 1.0)
     logits = cfg.classify(state, valid_BxL)
     cost_sum_B = (halting.ponder_cost(act) * valid).sum(1)
     count_B = valid.sum(1)

@@ -1,0 +1,109 @@
+r"""Per-token depth map of a finished run, as a PNG (A-ViT's figure).
+
+For every eval example the model's `token_depth_BxL` (layers or steps each
+token used: A-ViT, ALBERT-ACT, the Universal Transformer, Hyper-UT; learners
+per token for ACM) is read; the PNG shows the mean depth at each position
+over the eval set and the per-token depths of the first examples. For a
+patch stem (images) the positions are laid out on the patch grid.
+
+  python experiments/depth_map.py --workdir=RUN [--examples=16]
+writes RUN/depth_map.png and RUN/depth_map.json (the mean per position).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def token_depths(workdir):
+  """`[N, L]` per-token depths over the eval set, and the run config."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
+  from adatape import run_config  # pylint: disable=g-import-not-at-top
+  from adatape import train  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  _, params = checkpointing.restore_params(workdir)
+  run = train.prepare(config)
+  apply = jax.jit(lambda x: run.model.apply(
+      {"params": params}, x, train=False,
+      rngs={"halting": jax.random.key(0)}).token_depth_BxL)
+  data = run.source.eval_set()["inputs"]
+  first = apply(data[:1])
+  run_config.check(first is not None,
+                   f"model {config.model.name!r} has no per-token depth "
+                   "(token_depth_BxL); depth maps need a token-adaptive model")
+  depths = np.concatenate([np.asarray(apply(data[i:i + 1024]))
+                           for i in range(0, len(data), 1024)])
+  return depths, config
+
+
+def grid(row, config):
+  """Lays a row of per-token values out on the patch grid for images."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if config.model.get("stem") != "patches":
+    return row[None, :]
+  patches = row[1:] if config.model.get("classifier") == "token" else row
+  side = int(round(np.sqrt(len(patches))))
+  return patches.reshape(side, -1)
+
+
+def plot(depths, config, path, examples):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  mean = depths.mean(0)
+  images = config.model.get("stem") == "patches"
+  fig, (mean_ax, ex_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  vmax = max(float(depths.max()), 1.0)
+  im = mean_ax.imshow(grid(mean, config), cmap="viridis", vmin=0, vmax=vmax,
+                      aspect="auto")
+  mean_ax.set_title(f"mean depth per position ({len(depths)} eval examples)")
+  fig.colorbar(im, ax=mean_ax)
+  if images:
+    shown = grid(depths[0], config)
+    ex_ax.set_title("first eval example")
+  else:
+    shown = depths[:examples]
+    ex_ax.set_ylabel("eval example")
+    ex_ax.set_title(f"first {len(shown)} eval examples")
+  for ax in (mean_ax, ex_ax):
+    ax.set_xlabel("patch column" if images else "token position")
+  im = ex_ax.imshow(shown, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+  fig.colorbar(im, ax=ex_ax)
+  fig.suptitle(f"{config.model.name}: layers/steps used per token")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--examples", type=int, default=16)
+  args = parser.parse_args()
+  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
+  from adatape import run_config  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(os.path.join(args.workdir, "config.json")):
+    sys.exit(f"error: --workdir={args.workdir} holds no run (no config.json)")
+  try:
+    depths, config = token_depths(args.workdir)
+  except (run_config.ConfigError, checkpointing.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  path = os.path.join(args.workdir, "depth_map.png")
+  plot(depths, config, path, args.examples)
+  with open(os.path.join(args.workdir, "depth_map.json"), "w") as f:
+    json.dump({"mean_depth_per_position": depths.mean(0).tolist(),
+               "mean_depth": float(depths.mean())}, f)
+  print(f"wrote {path} (mean depth {depths.mean():.2f})")
+
+
+if __name__ == "__main__":
+  main()
