@@ -318,27 +318,32 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
   return set() if a == b else {prefix.rstrip(".")}
 
 
-def _params_from(workdir: str, params: Any) -> Any:
-  """`params` with every leaf that `workdir`'s checkpoint also has (same
-  path and shape) replaced by the checkpoint's value, keeping shardings."""
+def _load_init(workdir: str, abstract_params: Any) -> dict[str, np.ndarray]:
+  """The leaves of `workdir`'s latest parameters that this model has too
+  (same path and shape), by path; refuses a run that shares none."""
+  run_config.check(
+      gfile.exists(os.path.join(workdir, "checkpoints")),
+      f"init_from={workdir} holds no checkpoints/ (train that run first)")
   step, loaded = checkpointing.restore_params(workdir)
   loaded = flax.traverse_util.flatten_dict(loaded, sep="/")
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
-  copied, skipped = 0, []
-  for path, leaf in flat.items():
-    value = loaded.get(path)
-    if value is not None and tuple(value.shape) == tuple(leaf.shape):
-      flat[path] = jax.device_put(np.asarray(value, leaf.dtype),
-                                  leaf.sharding)
-      copied += 1
-    else:
-      skipped.append(path)
-  run_config.check(copied > 0, f"init_from={workdir} shares no parameter "
+  flat = flax.traverse_util.flatten_dict(abstract_params, sep="/")
+  found = {path: np.asarray(loaded[path], leaf.dtype)
+           for path, leaf in flat.items()
+           if path in loaded and tuple(loaded[path].shape) == leaf.shape}
+  run_config.check(bool(found), f"init_from={workdir} shares no parameter "
                    "(same path and shape) with this model")
-  print(f"initialised {copied} of {len(flat)} parameter arrays from "
-        f"{workdir} (step {step}); fresh: "
-        f"{', '.join(skipped[:6]) or 'none'}"
-        f"{' ...' if len(skipped) > 6 else ''}", flush=True)
+  fresh = [path for path in flat if path not in found]
+  print(f"initialising {len(found)} of {len(flat)} parameter arrays from "
+        f"{workdir} (step {step}); fresh: {', '.join(fresh[:6]) or 'none'}"
+        f"{' ...' if len(fresh) > 6 else ''}", flush=True)
+  return found
+
+
+def _with_leaves(params: Any, leaves: dict[str, np.ndarray]) -> Any:
+  """`params` with the given leaves replaced, keeping their shardings."""
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  for path, value in leaves.items():
+    flat[path] = jax.device_put(value, flat[path].sharding)
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -361,11 +366,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         f"{key}={value} must be divisible by the data axis of the mesh "
         f"({mesh.shape['data']})")
   _check_workdir(config, workdir)
-  if sched.init_from:
-    run_config.check(
-        gfile.exists(os.path.join(sched.init_from, "checkpoints")),
-        f"init_from={sched.init_from} holds no checkpoints/ (train that "
-        "run first)")
   is_main = jax.process_index() == 0
   results_path = os.path.join(workdir, "results.json")
 
@@ -381,6 +381,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       abstract, state_sharding)
   num_params = sum(int(np.prod(x.shape))
                    for x in jax.tree.leaves(abstract.params))
+  init_leaves = (_load_init(sched.init_from, abstract.params)
+                 if sched.init_from else {})
 
   gfile.makedirs(workdir)
   ckpt = checkpointing.Checkpointer(
@@ -405,8 +407,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     print(f"resumed from step {latest} in {workdir}/checkpoints", flush=True)
   else:
     state = jax.jit(init, out_shardings=state_sharding)(seed_key)
-    if sched.init_from:
-      state = state.replace(params=_params_from(sched.init_from, state.params))
+    if init_leaves:
+      state = state.replace(params=_with_leaves(state.params, init_leaves))
       state = state.replace(opt_state=jax.jit(
           tx.init, out_shardings=state_sharding.opt_state)(state.params))
     train_time = 0.0

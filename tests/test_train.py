@@ -179,6 +179,14 @@ def test_every_config_and_sweep_point_builds():
       train.prepare(module.get_config(arg))
     for length in (16, 64):
       train.prepare(module.get_config(f"seq_len={length}"))
+    if path.endswith("acm.py"):
+      for stage in ("distill", "gates", "finetune"):
+        config = module.get_config(f"stage={stage},init=/some/run")
+        train.prepare(config)
+        assert config.init_from == "/some/run"
+        assert (config.optim.trainable == "") == (stage == "finetune")
+      with pytest.raises(run_config.ConfigError, match="stage"):
+        module.get_config("stage=teacher")
     points = []
     if hasattr(module, "sweep"):
       module.sweep(lambda **kw: points.append(kw))
@@ -188,7 +196,7 @@ def test_every_config_and_sweep_point_builds():
       config.update_from_flattened_dict(point)
       train.prepare(config)
     seen += 1
-  assert seen == 3
+  assert seen == 16
 
 
 def test_reporter_writes_to_a_url_filesystem():

@@ -1,0 +1,113 @@
+"""The comparison harness end to end: training every stage through the
+command line, the ACM conversion chain (init_from, frozen parameters), the
+tables, the per-hop breakdown and the depth map."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import flax
+import ml_collections
+import numpy as np
+import pytest
+
+from adatape import checkpointing
+from adatape import run_config
+from adatape import train
+from configs.pvr import transformer as pvr_transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args):
+  return subprocess.run([sys.executable] + args, cwd=REPO, text=True,
+                        capture_output=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("compare")
+  out = str(root / "results" / "table")
+  proc = _run(["experiments/compare_methods.py", f"--workdir={root}",
+               f"--out={out}", "--tasks=pvr",
+               "--methods=transformer,avit,acm", "--tiny", "--jobs=2"])
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return root, out
+
+
+def _read(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_table_has_every_requested_method_with_compute(compared):
+  _, out = compared
+  rows = _read(out + ".csv")
+  assert [r["method"] for r in rows] == ["transformer", "avit", "acm"]
+  for row in rows:
+    assert 0.0 <= float(row["accuracy"]) <= 1.0
+    assert float(row["gflops"]) > 0
+  hops = _read(out + "_pvr_hops.csv")
+  for method in ("transformer", "avit", "acm"):
+    mine = [r for r in hops if r["method"] == method]
+    assert [int(r["hops"]) for r in mine] == [1, 2, 3, 4, 5, 6]
+    assert sum(int(r["examples"]) for r in mine) == 40  # The tiny eval set.
+    assert [r["seen_in_training"] for r in mine] == ["True"] * 3 + [
+        "False"] * 3
+  assert os.path.getsize(out + "_pvr_hops.png") > 1000
+
+
+def test_acm_distillation_starts_from_the_teacher_and_trains_only_learners(
+    compared):
+  root, _ = compared
+  _, teacher = checkpointing.restore_params(str(root / "pvr_transformer"))
+  _, distilled = checkpointing.restore_params(str(root / "pvr_acm_distill"))
+  teacher = flax.traverse_util.flatten_dict(teacher, sep="/")
+  distilled = flax.traverse_util.flatten_dict(distilled, sep="/")
+  shared = set(teacher) & set(distilled)
+  assert any("/mlp/" in k for k in shared) and len(shared) > 10
+  for key in shared:  # Loaded from the teacher and then frozen.
+    np.testing.assert_array_equal(teacher[key], distilled[key], err_msg=key)
+  fresh = set(distilled) - set(teacher)
+  assert fresh and all("/learners/" in k or "/gate/" in k for k in fresh)
+  _, gates = checkpointing.restore_params(str(root / "pvr_acm_gates"))
+  gates = flax.traverse_util.flatten_dict(gates, sep="/")
+  for key in distilled:
+    if "/gate/" not in key:
+      np.testing.assert_array_equal(gates[key], distilled[key], err_msg=key)
+  assert any(not np.array_equal(gates[k], distilled[k]) for k in gates
+             if "/gate/" in k)
+
+
+def test_depth_map_png_and_refusal_for_models_without_depth(compared):
+  root, _ = compared
+  proc = _run(["experiments/depth_map.py", f"--workdir={root / 'pvr_avit'}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert os.path.getsize(root / "pvr_avit" / "depth_map.png") > 1000
+  proc = _run(["experiments/depth_map.py",
+               f"--workdir={root / 'pvr_transformer'}"])
+  assert proc.returncode != 0
+  assert "no per-token depth" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_init_from_must_hold_checkpoints(tmp_path):
+  config = pvr_transformer.get_config("tiny")
+  config.init_from = str(tmp_path / "missing")
+  workdir = tmp_path / "run"
+  with pytest.raises(run_config.ConfigError, match="init_from="):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_init_from_a_run_sharing_no_parameter_is_refused(tmp_path):
+  source = ml_collections.ConfigDict(pvr_transformer.get_config("tiny"))
+  source.total_steps = 2
+  train.train_and_evaluate(source, str(tmp_path / "source"))
+  config = pvr_transformer.get_config("tiny")
+  config.model.width = 8  # Every shape differs.
+  config.model.mlp_dim = 8
+  config.data.seq_len = 5
+  config.init_from = str(tmp_path / "source")
+  with pytest.raises(run_config.ConfigError, match="shares no parameter"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
