@@ -73,40 +73,30 @@ def train_task(root, task, task_args, steps, jobs, methods):
 
 
 def evaluate(workdir):
-  """Per-example correctness, GFLOPs, compute and (PVR) hops on eval."""
+  """Per-example correctness, GFLOPs, compute used and (PVR) hops."""
   import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
-  from adatape import train as train_lib  # pylint: disable=g-import-not-at-top
+  from adatape import analysis  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  _, params = checkpointing.restore_params(workdir)
-  run = train_lib.prepare(config)
-  model = run.model
+  loaded = analysis.load(workdir)
+  depth = loaded.config.model.depth
 
-  @jax.jit
-  def apply(x):
-    out = model.apply({"params": params}, x, train=False,
-                      rngs={"halting": jax.random.key(0)})
+  def fn(out):
     used = (out.tape_length_B if out.tape_length_B is not None
             else out.ponder_steps_B)
-    if used is None:
-      used = np.full(x.shape[:1], config.model.depth, np.float32)
-    return out.logits.argmax(-1), out.flops_B / 1e9, used
+    if used is None:  # Fixed depth.
+      used = jnp.full(out.logits.shape[:1], depth, jnp.float32)
+    return {"pred": out.logits.argmax(-1), "gflops": out.flops_B / 1e9,
+            "used": used.astype(jnp.float32)}
 
-  data = run.source.eval_set()
-  parts = [apply(data["inputs"][i:i + 1024])
-           for i in range(0, len(data["label"]), 1024)]
-  pred, gflops, used = (np.concatenate([np.asarray(p[k]) for p in parts])
-                        for k in range(3))
-  return {"correct": (pred == data["label"]).astype(np.float64),
-          "gflops": gflops.astype(np.float64),
-          "used": used.astype(np.float64),
-          "hops": data.get("hops"),
+  ex = analysis.per_example(loaded, fn)
+  return {"correct": (ex["pred"] == ex["label"]).astype(np.float64),
+          "gflops": ex["gflops"].astype(np.float64),
+          "used": ex["used"].astype(np.float64),
+          "hops": ex.get("hops"),
           "params": sum(int(np.prod(x.shape))
-                        for x in jax.tree.leaves(params))}
+                        for x in jax.tree.leaves(loaded.params))}
 
 
 def summarise(task, method, workdir, per_example):

@@ -21,28 +21,21 @@ sys.path.insert(0, REPO)
 
 def token_depths(workdir):
   """`[N, L]` per-token depths over the eval set, and the run config."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
+  from adatape import analysis  # pylint: disable=g-import-not-at-top
   from adatape import run_config  # pylint: disable=g-import-not-at-top
-  from adatape import train  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  _, params = checkpointing.restore_params(workdir)
-  run = train.prepare(config)
-  apply = jax.jit(lambda x: run.model.apply(
-      {"params": params}, x, train=False,
-      rngs={"halting": jax.random.key(0)}).token_depth_BxL)
-  data = run.source.eval_set()["inputs"]
-  first = apply(data[:1])
-  run_config.check(first is not None,
-                   f"model {config.model.name!r} has no per-token depth "
-                   "(token_depth_BxL); depth maps need a token-adaptive model")
-  depths = np.concatenate([np.asarray(apply(data[i:i + 1024]))
-                           for i in range(0, len(data), 1024)])
-  return depths, config
+  loaded = analysis.load(workdir)
+  name = loaded.config.model.name
+
+  def depth(out):
+    run_config.check(out.token_depth_BxL is not None,
+                     f"model {name!r} has no per-token depth "
+                     "(token_depth_BxL); depth maps need a token-adaptive "
+                     "model")
+    return {"depth": out.token_depth_BxL}
+
+  ex = analysis.per_example(loaded, depth)
+  return ex["depth"], loaded.config
 
 
 def grid(row, config):
@@ -91,8 +84,6 @@ def main():
   args = parser.parse_args()
   from adatape import checkpointing  # pylint: disable=g-import-not-at-top
   from adatape import run_config  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(os.path.join(args.workdir, "config.json")):
-    sys.exit(f"error: --workdir={args.workdir} holds no run (no config.json)")
   try:
     depths, config = token_depths(args.workdir)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:

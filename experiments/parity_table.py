@@ -45,24 +45,14 @@ def run_one(root, model, seq_len, seed, steps, variant):
 
 def tape_difficulty(workdir):
   """Correlation of tape length with #(+1) and #(non-zero) on the eval set."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
-  from adatape import train  # pylint: disable=g-import-not-at-top
+  from adatape import analysis  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  _, params = checkpointing.restore_params(workdir)
-  run = train.prepare(config)
-  source, model = run.source, run.model
-  apply = jax.jit(lambda x: model.apply({"params": params}, x, train=False))
-  data = source.eval_set()
-  lengths = np.concatenate([
-      np.asarray(apply(data["inputs"][i:i + 1024]).tape_length_B)
-      for i in range(0, len(data["inputs"]), 1024)]).astype(np.float64)
-  plus = (data["values"] == 1).sum(1)
-  nonzero = (data["values"] != 0).sum(1)
+  ex = analysis.per_example(analysis.load(workdir),
+                            lambda out: {"length": out.tape_length_B})
+  lengths = ex["length"].astype(np.float64)
+  plus = (ex["values"] == 1).sum(1)
+  nonzero = (ex["values"] != 0).sum(1)
 
   def corr(a, b):
     if np.std(a) == 0 or np.std(b) == 0:

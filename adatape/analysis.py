@@ -1,0 +1,65 @@
+"""Finished runs for analysis: load one, and look at its eval set example
+by example.
+
+The trainer reports means; the experiment scripts ask per-example
+questions (does the tape length track difficulty, which hop counts does a
+method get right, how deep does each token go). They all start the same
+way, from a workdir: its config, its model and data source built exactly as
+the trainer built them, and the parameters of one checkpoint.
+"""
+
+import json
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from tensorflow.io import gfile
+
+from adatape import checkpointing
+from adatape import run_config
+from adatape import train
+from adatape.models import outputs
+
+
+class Loaded(NamedTuple):
+  config: ml_collections.ConfigDict
+  run: train.Run
+  params: Any
+  step: int
+
+
+def load(workdir: str, step: int | None = None) -> Loaded:
+  """A run's config, model, data source and parameters (default: latest)."""
+  path = os.path.join(workdir, "config.json")
+  run_config.check(gfile.exists(path),
+                   f"--workdir={workdir} holds no run (no config.json)")
+  with gfile.GFile(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  step, params = checkpointing.restore_params(workdir, step)
+  return Loaded(config, train.prepare(config), params, step)
+
+
+def per_example(loaded: Loaded,
+                fn: Callable[[outputs.ModelOutput], dict[str, jax.Array]],
+                batch_size: int = 1024) -> dict[str, np.ndarray]:
+  """`fn(model output)` for every eval example, concatenated, plus the eval
+  set's own fields (labels, and e.g. `hops` or `values`).
+
+  The model runs in eval mode with the same fixed `halting` key as the
+  trainer's eval step, so sampled halting matches the logged eval.
+  """
+  model, params = loaded.run.model, loaded.params
+
+  @jax.jit
+  def apply(x):
+    return fn(model.apply({"params": params}, x, train=False,
+                          rngs={"halting": jax.random.key(0)}))
+
+  data = loaded.run.source.eval_set()
+  parts = [jax.device_get(apply(data["inputs"][i:i + batch_size]))
+           for i in range(0, len(data["inputs"]), batch_size)]
+  result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  result.update({k: v for k, v in data.items() if k != "inputs"})
+  return result
