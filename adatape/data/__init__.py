@@ -18,8 +18,13 @@ import numpy as np
 from adatape import run_config
 
 
+# Modules here that are helpers of sources, not sources.
+_NOT_SOURCES = ("image_ops",)
+
+
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__))
+  return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                if m.name not in _NOT_SOURCES)
 
 
 def create(config: ml_collections.ConfigDict, *, process_index: int,
