@@ -174,8 +174,13 @@ def test_avit_halting_weights_sum_to_one_and_ponder_cost():
   model = _build("avit", gate_center=1.0, gate_scale=5.0)
   x = _inputs(8)
   variables = _init(model, x)
-  out = _apply(model, variables, x)
+  out, inter = _apply(model, variables, x, mutable=["intermediates"])
+  weights = np.stack(inter["intermediates"]["halting_weights"])  # [L, B, T]
+  np.testing.assert_allclose(weights.sum(0), 1.0, rtol=1e-5)
+  # A token's weights are zero after the layer it halted at.
   depth = np.asarray(out.token_depth_BxL)
+  for layer in range(3):
+    assert np.all(weights[layer][depth < layer + 1] == 0)
   assert depth.min() >= 1 and depth.max() <= 3
   # Ponder cost N + R lies in [N, N + 1) per token, so its mean does too.
   assert np.all(out.ponder_cost_B >= out.ponder_steps_B)

@@ -107,6 +107,7 @@ class Model(nn.Module):
       out_BxLxD = halting.accumulate(out_BxLxD, x, weight_BxL[..., None],
                                      "accumulated")
       weights.append(weight_BxL)
+      self.sow("intermediates", "halting_weights", weight_BxL)
     logits = cfg.classify(out_BxLxD, valid_BxL)
 
     count_B = valid.sum(1)
