@@ -149,12 +149,31 @@ def init_state(seed_key: jax.Array, *, model: Any,
 
 
 def task_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
-  """Per-example classification loss `[B]` in float32."""
+  """Per-example classification loss `[B]` in float32.
+
+  `labels` are class indices `[B]`, or targets `[B, C]`: multi-hot
+  (multi-label data, with sigmoid_xent) or soft (mixup). Soft targets with
+  softmax_xent are normalised to sum to one.
+  """
   logits = logits.astype(jnp.float32)
+  if labels.ndim == 1:
+    if loss == "softmax_xent":
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    labels = jax.nn.one_hot(labels, logits.shape[-1])
+  targets = labels.astype(jnp.float32)
   if loss == "sigmoid_xent":
-    onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    return optax.sigmoid_binary_cross_entropy(logits, onehot).sum(-1)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+  targets = targets / jnp.maximum(targets.sum(-1, keepdims=True), 1e-9)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def top1_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Whether the top class is right, `[B]`; for `[B, C]` targets, whether
+  it is one of the example's positive classes (precision@1)."""
+  top = logits.argmax(-1)
+  if labels.ndim == 1:
+    return top == labels
+  return jnp.take_along_axis(labels, top[:, None], axis=-1)[:, 0] > 0
 
 
 def example_loss(out: outputs.ModelOutput, labels: jax.Array, loss: str
@@ -206,7 +225,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  correct = out.logits.argmax(-1) == batch["label"]
+  correct = top1_correct(out.logits, batch["label"])
   metrics = {
       "train/loss": total,
       "train/task_loss": task_B.mean(),
@@ -236,7 +255,7 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any,
   mask = batch["mask"]
   sums = {
       "count": mask.sum(),
-      "correct": ((out.logits.argmax(-1) == batch["label"]) * mask).sum(),
+      "correct": (top1_correct(out.logits, batch["label"]) * mask).sum(),
       "loss": (task_loss(out.logits, batch["label"], loss) * mask).sum(),
   }
   for name, value in _aux_values(out).items():

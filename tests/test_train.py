@@ -217,3 +217,32 @@ def test_reporter_writes_to_a_url_filesystem():
   with gfile.GFile(workdir + "/metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [2]
+
+
+def test_losses_take_class_indices_multi_hot_and_soft_targets():
+  logits = jax.random.normal(jax.random.key(0), (5, 4))
+  labels = np.array([0, 3, 1, 2, 2])
+  onehot = jax.nn.one_hot(labels, 4)
+  for loss in train.LOSSES:
+    np.testing.assert_allclose(train.task_loss(logits, onehot, loss),
+                               train.task_loss(logits, labels, loss),
+                               rtol=1e-6)
+  # Mixup-style soft targets: the loss is the same mixture of the two.
+  soft = 0.3 * onehot + 0.7 * onehot[::-1]
+  np.testing.assert_allclose(
+      train.task_loss(logits, soft, "softmax_xent"),
+      0.3 * train.task_loss(logits, labels, "softmax_xent")
+      + 0.7 * train.task_loss(logits, labels[::-1], "softmax_xent"),
+      rtol=1e-5)
+  # Multi-hot with sigmoid: a sum of per-class binary losses.
+  multi = np.array([[1, 0, 1, 0]] * 5, np.float32)
+  expected = -(multi * jax.nn.log_sigmoid(logits)
+               + (1 - multi) * jax.nn.log_sigmoid(-logits)).sum(-1)
+  np.testing.assert_allclose(train.task_loss(logits, multi, "sigmoid_xent"),
+                             expected, rtol=1e-5)
+  # Precision@1 for targets: the top class must be a positive one.
+  top = np.asarray(logits.argmax(-1))
+  np.testing.assert_array_equal(train.top1_correct(logits, multi),
+                                (top == 0) | (top == 2))
+  np.testing.assert_array_equal(train.top1_correct(logits, labels),
+                                top == labels)
