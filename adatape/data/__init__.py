@@ -19,7 +19,7 @@ from adatape import run_config
 
 
 # Modules here that are helpers of sources, not sources.
-_NOT_SOURCES = ("image_ops",)
+_NOT_SOURCES = ("image_ops", "digits_builder")
 
 
 def available() -> list[str]:
