@@ -20,6 +20,10 @@ _INSTALL_REQUIRES = [
     "numpy==2.4.6",
     # Plots of sweeps and budget curves.
     "matplotlib==3.11.2",
+    # The offline digits dataset (adatape/data/digits_builder.py), and the
+    # module TFDS needs to locate a builder defined in a package.
+    "scikit-learn==1.9.1",
+    "importlib_resources==7.1.0",
 ]
 
 setuptools.setup(
