@@ -2,6 +2,7 @@
 determinism, layout independence, exact eval across hosts, errors, and
 few-step training of ViT and AdaTape-ViT."""
 
+import json
 import os
 import subprocess
 import sys
@@ -107,6 +108,19 @@ def test_few_step_training_of_vit_and_adatape(config_module, data_dir,
   assert 0.0 <= results["eval/accuracy"] <= 1.0
   if config.model.name == "adatape":
     assert results["eval/tape_length"] > 0
+    proc = subprocess.run(
+        [sys.executable, "experiments/heatmaps.py",
+         f"--workdir={tmp_path / 'run'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.path.getsize(tmp_path / "run" / "tape_heatmap.png") > 1000
+    with open(tmp_path / "run" / "tape_heatmap.json") as f:
+      heat = json.load(f)
+    # Every valid tape token merges K = floor(T / epsilon) bank entries.
+    k = int(config.tape.num_tokens // config.tape.epsilon)
+    assert heat["mean_entries_read"] == pytest.approx(
+        k * results["eval/tape_length"], rel=1e-5)
+    assert len(heat["mean_reads_per_entry"]) == (32 // 4) ** 2
 
 
 def test_command_line_names_the_missing_dataset(tmp_path):

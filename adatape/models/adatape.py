@@ -81,12 +81,14 @@ class Model(nn.Module):
     num_main = x.shape[1]
     mask_BxL = jnp.ones(x.shape[:2], bool)
     tape_masks, lengths, losses = [], [], []
+    reads_BxM = jnp.zeros((x.shape[0], bank.shape[-2]), jnp.float32)
     flops_B = jnp.zeros(x.shape[:1], jnp.float32)
     for i in range(enc.depth):
       if i in cfg.tape.layers:
         readout = tape_lib.TapeAppender(cfg.tape, name=f"tape_{i}")(
             x, mask_BxL, bank, train=train)
         flops_B += _reader_flops(cfg, bank.shape[-2], readout.length_B)
+        reads_BxM += _bank_reads(readout, bank.shape[-2])
         x = jnp.concatenate([x, readout.tokens_BxTxD], axis=1)
         mask_BxL = jnp.concatenate([mask_BxL, readout.mask_BxT], axis=1)
         tape_masks.append(readout.mask_BxT)
@@ -107,7 +109,21 @@ class Model(nn.Module):
         tape_length_B=sum(lengths),
         tape_mask_BxT=jnp.concatenate(tape_masks, axis=1),
         atr_loss_B=atr_loss_B,
-        flops_B=flops_B)
+        flops_B=flops_B,
+        bank_reads_BxM=reads_BxM)
+
+
+def _bank_reads(readout: tape_lib.TapeReadout, entries: int) -> jax.Array:
+  """Per example, how often each bank entry went into a valid tape token.
+
+  A reading step is valid when the first of the tape slots it fills is
+  (each step fills T / S slots; the fixed reader is one step of T).
+  """
+  batch, steps, _ = readout.indices_BxSxK.shape
+  valid_BxS = readout.mask_BxT.reshape(batch, steps, -1)[:, :, 0]
+  counts_BxSxKxM = jax.nn.one_hot(readout.indices_BxSxK, entries)
+  return jnp.einsum("bskm,bs->bm", counts_BxSxKxM,
+                    valid_BxS.astype(jnp.float32))
 
 
 def _reader_flops(cfg: Config, bank_entries: int, length_B: jax.Array

@@ -29,6 +29,9 @@ class ModelOutput(NamedTuple):
     step_logits_SxBxC: PonderNet's prediction at every step.
     step_log_probs_BxS: PonderNet's log halting distribution over steps;
       with `step_logits_SxBxC` the task loss is the expectation over steps.
+    bank_reads_BxM: how many times each bank entry was merged into one of
+      the example's valid tape tokens, summed over tapes (AdaTape; for the
+      tape-selection heatmap).
   """
 
   logits: jax.Array
@@ -42,3 +45,4 @@ class ModelOutput(NamedTuple):
   token_depth_BxL: jax.Array | None = None
   step_logits_SxBxC: jax.Array | None = None
   step_log_probs_BxS: jax.Array | None = None
+  bank_reads_BxM: jax.Array | None = None
