@@ -63,3 +63,22 @@ def per_example(loaded: Loaded,
   result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   result.update({k: v for k, v in data.items() if k != "inputs"})
   return result
+
+
+def output_per_example(workdir: str, field: str, needs: str
+                       ) -> tuple[np.ndarray, ml_collections.ConfigDict]:
+  """One ModelOutput field over a run's eval set, and the run's config.
+
+  A model whose output lacks the field (None) is a ConfigError saying
+  `needs`, e.g. "depth maps need a token-adaptive model".
+  """
+  loaded = load(workdir)
+  name = loaded.config.model.name
+
+  def fn(out):
+    value = getattr(out, field)
+    run_config.check(value is not None,
+                     f"model {name!r} returns no {field}; {needs}")
+    return {field: value}
+
+  return per_example(loaded, fn)[field], loaded.config

@@ -17,6 +17,21 @@ from adatape import run_config
 ModelFn = Callable[..., ml_collections.ConfigDict]
 
 
+def tape(**overrides) -> ml_collections.ConfigDict:
+  """AdaTape's `tape` section: the input-driven bank, adaptive reading with
+  the entropy ATR loss (weight 0.01), a gap query, inserted before block 1;
+  `overrides` set the task's budget (num_tokens, epsilon) and key split."""
+  c = ml_collections.ConfigDict(dict(
+      bank="input", bank_size=0, num_tokens=8, tokens_per_step=1,
+      epsilon=2.0, adaptive=True, loss_type="entropy", loss_weight=0.01,
+      query_type="gap", complex_query=True, query_noise=0.0,
+      bank_dropout=0.0, key_split=4, layers=(1,), mlp_dim=0,
+      encoder_mlp_dim=0, dropout=0.0, legacy_flat_gather=False,
+      early_stop=False))
+  c.update(overrides)
+  return c
+
+
 def universal_transformer(model: ModelFn, depth: int, **extra
                           ) -> ml_collections.ConfigDict:
   """UT with per-token ACT, tensor2tensor's values (spec A.3)."""

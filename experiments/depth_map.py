@@ -22,20 +22,9 @@ sys.path.insert(0, REPO)
 def token_depths(workdir):
   """`[N, L]` per-token depths over the eval set, and the run config."""
   from adatape import analysis  # pylint: disable=g-import-not-at-top
-  from adatape import run_config  # pylint: disable=g-import-not-at-top
-
-  loaded = analysis.load(workdir)
-  name = loaded.config.model.name
-
-  def depth(out):
-    run_config.check(out.token_depth_BxL is not None,
-                     f"model {name!r} has no per-token depth "
-                     "(token_depth_BxL); depth maps need a token-adaptive "
-                     "model")
-    return {"depth": out.token_depth_BxL}
-
-  ex = analysis.per_example(loaded, depth)
-  return ex["depth"], loaded.config
+  return analysis.output_per_example(
+      workdir, "token_depth_BxL",
+      "depth maps need a token-adaptive model (A-ViT, ALBERT-ACT, UT, ...)")
 
 
 def grid(row, config):

@@ -23,18 +23,8 @@ sys.path.insert(0, REPO)
 def bank_reads(workdir):
   """`[N, M]` reads per eval example and bank entry, and the run config."""
   from adatape import analysis  # pylint: disable=g-import-not-at-top
-  from adatape import run_config  # pylint: disable=g-import-not-at-top
-
-  loaded = analysis.load(workdir)
-  name = loaded.config.model.name
-
-  def reads(out):
-    run_config.check(out.bank_reads_BxM is not None,
-                     f"model {name!r} reads no tape; heatmaps need an "
-                     "AdaTape run")
-    return {"reads": out.bank_reads_BxM}
-
-  return analysis.per_example(loaded, reads)["reads"], loaded.config
+  return analysis.output_per_example(
+      workdir, "bank_reads_BxM", "heatmaps need an AdaTape run")
 
 
 def plot(mean_M, config, path):

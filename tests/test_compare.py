@@ -88,7 +88,7 @@ def test_depth_map_png_and_refusal_for_models_without_depth(compared):
   proc = _run(["experiments/depth_map.py",
                f"--workdir={root / 'pvr_transformer'}"])
   assert proc.returncode != 0
-  assert "no per-token depth" in proc.stderr.strip().splitlines()[-1]
+  assert "returns no token_depth_BxL" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_init_from_must_hold_checkpoints(tmp_path):

@@ -14,6 +14,7 @@ The measured accuracy is in the README ("Images: CPU learning check").
 
 import ml_collections
 
+from configs import methods
 from configs.digits import common
 
 
@@ -22,13 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base(args)
   c.model = common.model("adatape", bank_patch_size=4,
                          pool_include_padded_tape=False, bank_posemb=False)
-  c.tape = ml_collections.ConfigDict(dict(
-      bank="input", bank_size=0, num_tokens=8, tokens_per_step=1,
-      epsilon=2.0, adaptive=True, loss_type="entropy", loss_weight=0.01,
-      query_type="gap", complex_query=True, query_noise=0.0,
-      bank_dropout=0.0, key_split=common.HEADS, layers=(1,), mlp_dim=0,
-      encoder_mlp_dim=0, dropout=0.0, legacy_flat_gather=False,
-      early_stop=False))
+  c.tape = methods.tape(num_tokens=8, epsilon=2.0, key_split=common.HEADS)
   if args.tiny:
     common.shrink(c)
     c.tape.key_split = 2

@@ -14,6 +14,7 @@ measured numbers in experiments/results/compare_methods.md.
 
 import ml_collections
 
+from configs import methods
 from configs.pvr import common
 
 
@@ -23,13 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = common.model("adatape", stem="flatten", classifier="gap",
                          posemb=False, head_bias_init=0.0,
                          pool_include_padded_tape=False, bank_posemb=True)
-  c.tape = ml_collections.ConfigDict(dict(
-      bank="input", bank_size=0, num_tokens=4, tokens_per_step=1,
-      epsilon=2.0, adaptive=True, loss_type="entropy", loss_weight=0.01,
-      query_type="gap", complex_query=True, query_noise=0.0,
-      bank_dropout=0.0, key_split=common.HEADS, layers=(1,), mlp_dim=0,
-      encoder_mlp_dim=0, dropout=0.0, legacy_flat_gather=False,
-      early_stop=False))
+  c.tape = methods.tape(num_tokens=4, epsilon=2.0, key_split=common.HEADS)
   if args.tiny:
     common.shrink(c)
     c.tape.key_split = 2
