@@ -400,8 +400,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       abstract, state_sharding)
   num_params = sum(int(np.prod(x.shape))
                    for x in jax.tree.leaves(abstract.params))
+  # `init_from` is read (and validated) before the workdir is touched, but
+  # only for a new run: a workdir with config.json was validated when it
+  # started and resumes from its own checkpoints.
+  starting = not gfile.exists(os.path.join(workdir, "config.json"))
   init_leaves = (_load_init(sched.init_from, abstract.params)
-                 if sched.init_from else {})
+                 if sched.init_from and starting else {})
 
   gfile.makedirs(workdir)
   ckpt = checkpointing.Checkpointer(
@@ -426,7 +430,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     print(f"resumed from step {latest} in {workdir}/checkpoints", flush=True)
   else:
     state = jax.jit(init, out_shardings=state_sharding)(seed_key)
-    if init_leaves:
+    if sched.init_from:
+      # A run stopped before its first checkpoint starts over from here.
+      init_leaves = init_leaves or _load_init(sched.init_from,
+                                              abstract.params)
       state = state.replace(params=_with_leaves(state.params, init_leaves))
       state = state.replace(opt_state=jax.jit(
           tx.init, out_shardings=state_sharding.opt_state)(state.params))

@@ -111,3 +111,17 @@ def test_init_from_a_run_sharing_no_parameter_is_refused(tmp_path):
   config.init_from = str(tmp_path / "source")
   with pytest.raises(run_config.ConfigError, match="shares no parameter"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_started_run_does_not_read_init_from_again(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from configs.pvr import acm as pvr_acm  # pylint: disable=g-import-not-at-top
+  source = pvr_transformer.get_config("tiny")
+  train.train_and_evaluate(source, str(tmp_path / "teacher"))
+  config = pvr_acm.get_config(
+      f"tiny,stage=distill,init={tmp_path / 'teacher'}")
+  first = train.train_and_evaluate(config, str(tmp_path / "run"))
+  shutil.rmtree(tmp_path / "teacher")
+  # The finished run reports its results without the (now gone) teacher.
+  again = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert again["eval/accuracy"] == first["eval/accuracy"]

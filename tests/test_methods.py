@@ -250,6 +250,27 @@ def test_acm_detach_sends_each_choice_gradient_to_its_own_learner():
   assert w1[1] > 0 and w1[0] == 0 and w1[2] == 0
 
 
+def test_acm_no_detach_sends_each_choice_gradient_to_all_its_learners():
+  module = acm.Learners(num_learners=3, hidden=4, detach="no_detach")
+  z = jnp.asarray(_inputs(1, (2, 6)))
+  variables = module.init(jax.random.key(0), z)
+  grads = jax.grad(lambda v: module.apply(v, z)[:, :, 2].sum())(variables)
+  w1 = np.abs(np.asarray(grads["params"]["w1"])).reshape(6, 3, 4).sum((0, 2))
+  assert w1[0] > 0 and w1[1] > 0 and w1[2] == 0
+
+
+def test_avit_laplace_and_gaussian_priors_give_different_losses():
+  x = _inputs(4)
+  losses = {}
+  for prior in ("gaussian", "laplace"):
+    model = _build("avit", gate_center=1.0, gate_scale=5.0, ponder_weight=0.0,
+                   distr_prior=prior, target_depth=2.0)
+    variables = _init(model, x)
+    losses[prior] = np.asarray(_apply(model, variables, x).aux_loss_B)
+  assert np.all(losses["gaussian"] > 0) and np.all(losses["laplace"] > 0)
+  assert np.abs(losses["gaussian"] - losses["laplace"]).max() > 1e-4
+
+
 def test_acm_gate_labels_hand_case():
   # errors for k = 0..4; ratios e_k / e_{k+1}: 4, 1.1, 2, 1.
   errors = jnp.array([[8.0, 2.0, 1.818, 0.909, 0.909],
