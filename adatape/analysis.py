@@ -57,7 +57,18 @@ def per_example(loaded: Loaded,
     return fn(model.apply({"params": params}, x, train=False,
                           rngs={"halting": jax.random.key(0)}))
 
-  data = loaded.run.source.eval_set()
+  source = loaded.run.source
+  if not hasattr(source, "eval_set"):
+    # A streamed eval split (ImageNet-sized) is never held in memory: run
+    # it batch by batch, keeping the real rows.
+    parts = []
+    for batch in source.eval_batches(batch_size):
+      valid = batch["mask"] > 0
+      part = jax.device_get(apply(batch["inputs"]))
+      parts.append({**{k: v[valid] for k, v in part.items()},
+                    "label": batch["label"][valid]})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  data = source.eval_set()
   parts = [jax.device_get(apply(data["inputs"][i:i + batch_size]))
            for i in range(0, len(data["inputs"]), batch_size)]
   result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -16,8 +16,9 @@ import optax
 
 from adatape import run_config
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("all", "kernels")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +26,13 @@ class Config:
   """`optim.*` keys.
 
   Attributes:
+    name: "adamw" (pre-training) or "sgd" (SGD with momentum b1, the ViT
+      paper's fine-tuning optimizer; weight decay is then added to the
+      gradient).
     learning_rate: peak learning rate.
     warmup_steps: linear warmup from 0.
-    schedule: "cosine" (to 0 at total_steps) or "constant" after warmup.
+    schedule: after warmup, "cosine" or "linear" (both to 0 at
+      total_steps), or "constant".
     weight_decay: decoupled AdamW weight decay.
     b1: Adam beta1.
     b2: Adam beta2.
@@ -39,6 +44,7 @@ class Config:
       others stay fixed (no update, no weight decay). Empty: all.
   """
 
+  name: str = "adamw"
   learning_rate: float = 1e-3
   warmup_steps: int = 0
   schedule: str = "cosine"
@@ -55,6 +61,7 @@ class Config:
           f"optim.learning_rate={self.learning_rate} must be > 0")
     check(self.warmup_steps >= 0,
           f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+    run_config.check_choice("optim.name", self.name, OPTIMIZERS)
     run_config.check_choice("optim.schedule", self.schedule, SCHEDULES)
     run_config.check_choice("optim.decay_mask", self.decay_mask, DECAY_MASKS)
     check(self.weight_decay >= 0,
@@ -71,12 +78,18 @@ class Config:
 
 
 def schedule(config: Config, total_steps: int) -> optax.Schedule:
-  """lr(g) = peak * min(1, g / warmup) * cosine((g - warmup) / (total - warmup))."""
+  """lr(g) = peak * min(1, g / warmup) * decay((g - warmup) / (total -
+  warmup)), decay = cosine, linear or 1."""
   warmup = min(config.warmup_steps, total_steps)
+  ramp = optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1))
   if config.schedule == "constant":
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
-         optax.constant_schedule(config.learning_rate)], [warmup])
+        [ramp, optax.constant_schedule(config.learning_rate)], [warmup])
+  if config.schedule == "linear":
+    return optax.join_schedules(
+        [ramp, optax.linear_schedule(config.learning_rate, 0.0,
+                                     max(total_steps - warmup, 1))],
+        [warmup])
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
       warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
@@ -89,11 +102,16 @@ def _kernel_mask(params):
 
 
 def create(config: Config, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with the schedule, preceded by global-norm clipping."""
+  """AdamW (or SGD) with the schedule, preceded by global-norm clipping."""
   mask = _kernel_mask if config.decay_mask == "kernels" else None
-  adamw = optax.adamw(schedule(config, total_steps), b1=config.b1,
-                      b2=config.b2, weight_decay=config.weight_decay,
-                      mask=mask)
+  lr = schedule(config, total_steps)
+  if config.name == "sgd":
+    adamw = optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask),
+        optax.sgd(lr, momentum=config.b1 or None))
+  else:
+    adamw = optax.adamw(lr, b1=config.b1, b2=config.b2,
+                        weight_decay=config.weight_decay, mask=mask)
   if config.clip_norm:
     adamw = optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
   if not config.trainable:

@@ -33,6 +33,28 @@ def test_constant_schedule_after_warmup():
                              [0.0, 0.05, 0.1, 0.1], rtol=1e-6)
 
 
+def test_linear_schedule_decays_to_zero_after_warmup():
+  # The ViT paper's JFT pre-training schedule.
+  lr = optim.schedule(optim.Config(learning_rate=0.1, warmup_steps=10,
+                                   schedule="linear"), 110)
+  np.testing.assert_allclose([float(lr(g)) for g in (0, 5, 10, 60, 110)],
+                             [0.0, 0.05, 0.1, 0.05, 0.0], rtol=1e-6,
+                             atol=1e-9)
+
+
+def test_sgd_is_momentum_sgd_on_the_schedule():
+  tx = optim.create(optim.Config(name="sgd", learning_rate=0.1, b1=0.5,
+                                 schedule="constant", clip_norm=0.0), 10)
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  moves = []
+  for _ in range(2):
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    moves.append(float(updates["w"]))
+  # Momentum 0.5: the second update is 0.1 * (1 + 0.5).
+  np.testing.assert_allclose(moves, [-0.1, -0.15], rtol=1e-6)
+
+
 def test_kernel_decay_mask_spares_biases():
   params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
   grads = {"dense": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros((2,))}}
@@ -49,4 +71,6 @@ def test_bad_optimizer_config_is_rejected():
   with pytest.raises(run_config.ConfigError, match="optim.learning_rate"):
     optim.Config(learning_rate=0.0)
   with pytest.raises(run_config.ConfigError, match="optim.schedule"):
-    optim.Config(schedule="linear")
+    optim.Config(schedule="step")
+  with pytest.raises(run_config.ConfigError, match="optim.name"):
+    optim.Config(name="lamb")

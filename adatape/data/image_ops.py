@@ -28,20 +28,56 @@ def _seeds(seed: tf.Tensor, count: int) -> tf.Tensor:
   return tf.random.experimental.stateless_split(seed, count)
 
 
+def _crop_window(shape: tf.Tensor, seed: tf.Tensor, area_min: float,
+                 area_max: float, aspect_min: float, aspect_max: float
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Inception-crop window (begin, size) for an image of `shape`."""
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
+      area_range=(area_min, area_max),
+      aspect_ratio_range=(aspect_min, aspect_max),
+      min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+  return begin, crop_size
+
+
+def _resize_to_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
+  image = tf.image.resize(image, (size, size), method="bilinear",
+                          antialias=False)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
 def inception_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
                    area_min: float = 0.05, area_max: float = 1.0,
                    aspect_min: float = 3 / 4, aspect_max: float = 4 / 3
                    ) -> tf.Tensor:
   """A random crop covering [area_min, area_max] of the image, resized."""
-  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
-      area_range=(area_min, area_max),
-      aspect_ratio_range=(aspect_min, aspect_max),
-      min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
-  crop = tf.slice(image, begin, crop_size)
-  crop = tf.image.resize(crop, (size, size), method="bilinear",
-                         antialias=False)
-  return tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8)
+  begin, crop_size = _crop_window(tf.shape(image), seed, area_min, area_max,
+                                  aspect_min, aspect_max)
+  return _resize_to_uint8(tf.slice(image, begin, crop_size), size)
+
+
+def decode(data: tf.Tensor) -> tf.Tensor:
+  """Encoded image bytes (JPEG, PNG, ...) -> [H, W, 3] uint8."""
+  image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def decode_inception_crop(data: tf.Tensor, size: int, seed: tf.Tensor,
+                          jpeg: bool, area_min: float = 0.05) -> tf.Tensor:
+  """`inception_crop` of encoded bytes, equal to decode-then-crop.
+
+  For JPEG only the window is decoded (`decode_and_crop_jpeg`), which is
+  most of the decoding time saved on ImageNet-sized photos; the window is
+  the one `inception_crop` would draw from the same seed.
+  """
+  if not jpeg:
+    return inception_crop(decode(data), size, seed, area_min=area_min)
+  shape = tf.image.extract_jpeg_shape(data)
+  begin, crop_size = _crop_window(shape, seed, area_min, 1.0, 3 / 4, 4 / 3)
+  window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+  crop = tf.image.decode_and_crop_jpeg(data, window, channels=3)
+  return _resize_to_uint8(crop, size)
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -14,8 +14,8 @@ the whole eval split, resized and centre-cropped, padded with a mask by the
 base class, so every example counts once.
 
 Nothing is downloaded: a dataset that is not prepared is an error that says
-how to prepare it. ImageNet (variable-size images, 1.28M of them) needs the
-streaming pipeline, which this source is not.
+how to prepare it. ImageNet (variable-size images, 1.28M of them) and JFT-style
+data stream from disk instead (`stream.py`).
 """
 
 import dataclasses
@@ -31,8 +31,10 @@ from adatape.data import image_ops
 
 _PREPARE_HINT = {
     "adatape_digits": "python -m adatape.data.digits_builder --data_dir=DIR",
-    "imagenet2012": "put the ILSVRC2012 tars in DIR/downloads/manual, then "
-                    "tfds build imagenet2012 --data_dir=DIR",
+    "imagenet2012": "download ILSVRC2012_img_train.tar and "
+                    "ILSVRC2012_img_val.tar from image-net.org into "
+                    "MANUAL_DIR, then tfds build imagenet2012 "
+                    "--manual_dir=MANUAL_DIR --data_dir=DIR",
 }
 
 
@@ -88,7 +90,7 @@ class Config:
           f"data.mixup_alpha={self.mixup_alpha} must be >= 0")
 
 
-def _builder(config: Config) -> tfds.core.DatasetBuilder:
+def prepared_builder(config: Config) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder, or a ConfigError saying how to prepare it."""
   try:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
@@ -114,12 +116,33 @@ def _load(builder, config: Config, split: str) -> dict[str, np.ndarray]:
           "label": data[config.label_key].astype(np.int32)}
 
 
+def augment(image, seeds, config: Config) -> tf.Tensor:
+  """Flip and RandAugment a cropped uint8 image, then scale to [-1, 1].
+
+  `seeds` holds two stateless seeds, one per random op.
+  """
+  if config.flip:
+    image = image_ops.random_flip(image, seeds[0])
+  if config.randaug_layers:
+    image = image_ops.randaugment(image, config.randaug_layers,
+                                  config.randaug_magnitude, seeds[1])
+  return image_ops.value_range(image)
+
+
+def eval_image(image, config: Config) -> tf.Tensor:
+  """Eval preprocessing: resize (short side), centre crop, [-1, 1]."""
+  size = config.eval_resize or config.image_size
+  image = image_ops.central_crop(image_ops.resize_small(image, size),
+                                 config.image_size)
+  return image_ops.value_range(image)
+
+
 class Source(data_lib.HostSource):
   """Augmented training batches and the eval split, from host memory."""
 
   def __init__(self, config: Config, **kwargs):
     super().__init__(config, **kwargs)
-    builder = _builder(config)
+    builder = prepared_builder(config)
     features = builder.info.features
     for key in (config.image_key, config.label_key):
       run_config.check(key in features,
@@ -146,12 +169,7 @@ class Source(data_lib.HostSource):
     else:
       image = tf.cast(tf.image.resize(image, (cfg.image_size,) * 2),
                       tf.uint8)
-    if cfg.flip:
-      image = image_ops.random_flip(image, seeds[1])
-    if cfg.randaug_layers:
-      image = image_ops.randaugment(image, cfg.randaug_layers,
-                                    cfg.randaug_magnitude, seeds[2])
-    return image_ops.value_range(image)
+    return augment(image, seeds[1:], cfg)
 
   def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
     """This process's slice of the global batch of step `step`."""
@@ -182,15 +200,11 @@ class Source(data_lib.HostSource):
 
   def eval_set(self) -> dict[str, np.ndarray]:
     """The whole eval split: resize (short side), centre crop, [-1, 1]."""
-    cfg = self.config
-    size = cfg.eval_resize or cfg.image_size
 
     def prepare(image):
       image = (tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1
                else image)
-      image = image_ops.central_crop(image_ops.resize_small(image, size),
-                                     cfg.image_size)
-      return image_ops.value_range(image)
+      return eval_image(image, self.config)
 
     dataset = tf.data.Dataset.from_tensor_slices(
         self._eval_split["image"]).map(prepare).batch(1024)
