@@ -32,6 +32,26 @@ def test_inception_crop_is_seeded_and_resized():
   assert any(not np.array_equal(a, o) for o in others)
 
 
+@pytest.mark.parametrize("jpeg", [True, False])
+def test_decode_and_crop_matches_crop_of_the_decoded_image(jpeg):
+  # A smooth image: JPEG keeps it close, and the windowed JPEG decode then
+  # equals the full decode on the window (same seed -> same window).
+  y, x = np.mgrid[0:60, 0:90]
+  image = np.stack([y * 4, x * 2, (x + y) * 2], -1).astype(np.uint8)
+  data = (tf.io.encode_jpeg(image, quality=95) if jpeg
+          else tf.io.encode_png(image))
+  for s in range(4):
+    seed = tf.constant([s, 1], tf.int64)
+    fused = ops.decode_inception_crop(data, 32, seed, jpeg)
+    reference = ops.inception_crop(ops.decode(data), 32, seed)
+    assert fused.shape == (32, 32, 3) and fused.dtype == tf.uint8
+    diff = np.abs(fused.numpy().astype(int) - reference.numpy().astype(int))
+    assert diff.max() <= (2 if jpeg else 0), diff.max()
+    np.testing.assert_array_equal(fused, _in_dataset(
+        lambda d, seed=seed: ops.decode_inception_crop(d, 32, seed, jpeg),
+        data))
+
+
 def test_crop_area_stays_in_range():
   # Row index in the red channel, column index in green: a crop's range
   # of values gives its extent.

@@ -167,7 +167,7 @@ def _config_modules():
   """Configs of the synthetic families; image families need a prepared
   dataset and are built in their own tests (test_images.py)."""
   for path in sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.py"))):
-    if os.path.basename(os.path.dirname(path)) == "digits":
+    if os.path.basename(os.path.dirname(path)) in ("digits", "imagenet", "jft"):
       continue
     spec = importlib.util.spec_from_file_location("cfg", path)
     module = importlib.util.module_from_spec(spec)

@@ -33,9 +33,11 @@ TRAIN_EXAMPLES = 1_281_167
 IMAGE_SIZE = 224
 
 
-def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
+def parse(arg: str | None, epochs: int = 300, **extra
+          ) -> ml_collections.ConfigDict:
+  """The config args; `extra` adds a config file's own (with defaults)."""
   args = run_config.parse_arg(arg, variant="S/16", data_dir="", batch=4096,
-                              epochs=300, tiny=False, **extra)
+                              epochs=epochs, tiny=False, **extra)
   name, _, patch = args.variant.partition("/")
   run_config.check(
       name in VARIANTS and patch.isdigit() and int(patch) > 0
