@@ -534,6 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       "steps_per_sec": segment_steps / max(segment_time, 1e-9),
       "num_params": num_params,
       "num_devices": num_devices,
+      "device_kind": jax.devices()[0].device_kind,
   })
   if is_main:
     reporting.atomic_write_json(results_path, results)
