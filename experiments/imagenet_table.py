@@ -81,7 +81,7 @@ def row(workdir: str) -> dict | None:
       "top1": results["eval/accuracy"],
       "images_per_s": images_per_s,
       "images_per_s_per_device": images_per_s / devices,
-      "device": f"{devices} x {results.get('device_kind', '?')}",
+      "device": f"{devices} x {results.get('device_kind', 'unrecorded')}",
       "static_gflops": static,
       "effective_gflops": effective,
       "tape_length": tape,

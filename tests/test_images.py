@@ -136,8 +136,10 @@ def test_command_line_names_the_missing_dataset(tmp_path):
 
 @pytest.mark.parametrize("config_module", [digits_vit, digits_adatape])
 def test_digits_configs_build(config_module, data_dir):
-  for arg in (f"data_dir={data_dir}", f"data_dir={data_dir},tiny"):
+  for arg in (f"data_dir={data_dir}", f"data_dir={data_dir},tiny",
+              f"data_dir={data_dir},source=stream"):
     run = train.prepare(config_module.get_config(arg))
     assert run.source.input_shape == (32, 32, 3)
+    assert run.source.num_classes == 10
   with pytest.raises(run_config.ConfigError, match="config arg"):
     config_module.get_config("seq_len=3")

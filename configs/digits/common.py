@@ -9,7 +9,10 @@ The models are ViT-shaped and small: patch-8 main tokens (16 of them),
 width 64, 4 blocks; augmentation is a mild Inception crop (area 50-100%)
 without flips (digits are not mirror-symmetric).
 
-Config args: `data_dir=DIR`, `steps=N`, `tiny` (a seconds-long run).
+Config args: `data_dir=DIR`, `steps=N`, `tiny` (a seconds-long run),
+`source=images` (held in memory) or `source=stream` (read from disk
+through the ImageNet pipeline, adatape/data/stream.py: the same dataset
+and augmentation, a different reader).
 """
 
 import ml_collections
@@ -22,7 +25,11 @@ PATCH = 8
 
 
 def parse(arg: str | None) -> ml_collections.ConfigDict:
-  return run_config.parse_arg(arg, data_dir="", steps=0, tiny=False)
+  args = run_config.parse_arg(arg, data_dir="", steps=0, tiny=False,
+                              source="images")
+  run_config.check_choice("config arg source", args.source,
+                          ("images", "stream"))
+  return args
 
 
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -36,6 +43,9 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       label_key="label", image_size=32, eval_resize=0, crop_area_min=0.5,
       flip=False, randaug_layers=0, randaug_magnitude=15.0,
       mixup_alpha=0.0))
+  if args.source == "stream":
+    c.data.update(name="stream", num_classes=0, shuffle_buffer=2000,
+                  prefetch=2)
   return c
 
 
