@@ -100,7 +100,9 @@ class Schedule:
     max_checkpoints: checkpoints kept.
     init_from: a workdir whose latest checkpoint initialises every
       parameter with the same path and shape (fine-tuning; the stages of
-      the ACM conversion); the others keep their fresh initialisation.
+      the ACM conversion); the others keep their fresh initialisation,
+      except that an image model's position embeddings are resampled to
+      its patch grid.
   """
 
   seed: int = 0
@@ -337,23 +339,58 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
   return set() if a == b else {prefix.rstrip(".")}
 
 
-def _load_init(workdir: str, abstract_params: Any) -> dict[str, np.ndarray]:
+def resample_grid(posemb_1xNxD: np.ndarray, tokens: int) -> np.ndarray:
+  """A square grid of position embeddings resized (bilinear) to `tokens`.
+
+  How a ViT fine-tunes at another resolution: the patch grid changes size,
+  and the learned embedding is resampled over it (Dosovitskiy et al. 2021,
+  section 3.2).
+  """
+  _, n, width = posemb_1xNxD.shape
+  old, new = math.isqrt(n), math.isqrt(tokens)
+  grid = posemb_1xNxD.reshape(old, old, width)
+  resized = jax.image.resize(jnp.asarray(grid, jnp.float32),
+                             (new, new, width), method="bilinear")
+  return np.asarray(resized, posemb_1xNxD.dtype).reshape(1, tokens, width)
+
+
+def _is_square_grid(shape: tuple[int, ...]) -> bool:
+  return len(shape) == 3 and math.isqrt(shape[1]) ** 2 == shape[1]
+
+
+def _load_init(workdir: str, abstract_params: Any, image_grid: bool
+               ) -> dict[str, np.ndarray]:
   """The leaves of `workdir`'s latest parameters that this model has too
-  (same path and shape), by path; refuses a run that shares none."""
+  (same path and shape), by path; refuses a run that shares none.
+
+  With `image_grid` (a patch stem), position embeddings of another grid
+  size are resampled to this model's (a fine-tune at another resolution).
+  """
   run_config.check(
       gfile.exists(os.path.join(workdir, "checkpoints")),
       f"init_from={workdir} holds no checkpoints/ (train that run first)")
   step, loaded = checkpointing.restore_params(workdir)
   loaded = flax.traverse_util.flatten_dict(loaded, sep="/")
   flat = flax.traverse_util.flatten_dict(abstract_params, sep="/")
-  found = {path: np.asarray(loaded[path], leaf.dtype)
-           for path, leaf in flat.items()
-           if path in loaded and tuple(loaded[path].shape) == leaf.shape}
+  found, resampled = {}, []
+  for path, leaf in flat.items():
+    if path not in loaded:
+      continue
+    value = np.asarray(loaded[path], leaf.dtype)
+    if value.shape == leaf.shape:
+      found[path] = value
+    elif (image_grid and path.rsplit("/", 1)[-1].startswith("posembed")
+          and _is_square_grid(value.shape) and _is_square_grid(leaf.shape)
+          and value.shape[2] == leaf.shape[2]):
+      found[path] = resample_grid(value, leaf.shape[1])
+      resampled.append(path)
   run_config.check(bool(found), f"init_from={workdir} shares no parameter "
                    "(same path and shape) with this model")
   fresh = [path for path in flat if path not in found]
   print(f"initialising {len(found)} of {len(flat)} parameter arrays from "
-        f"{workdir} (step {step}); fresh: {', '.join(fresh[:6]) or 'none'}"
+        f"{workdir} (step {step}); resampled to this image size: "
+        f"{', '.join(resampled) or 'none'}; fresh: "
+        f"{', '.join(fresh[:6]) or 'none'}"
         f"{' ...' if len(fresh) > 6 else ''}", flush=True)
   return found
 
@@ -404,7 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # only for a new run: a workdir with config.json was validated when it
   # started and resumes from its own checkpoints.
   starting = not gfile.exists(os.path.join(workdir, "config.json"))
-  init_leaves = (_load_init(sched.init_from, abstract.params)
+  init_leaves = (_load_init(sched.init_from, abstract.params,
+                            config.model.get("stem") == "patches")
                  if sched.init_from and starting else {})
 
   gfile.makedirs(workdir)
@@ -432,8 +470,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     state = jax.jit(init, out_shardings=state_sharding)(seed_key)
     if sched.init_from:
       # A run stopped before its first checkpoint starts over from here.
-      init_leaves = init_leaves or _load_init(sched.init_from,
-                                              abstract.params)
+      init_leaves = init_leaves or _load_init(
+          sched.init_from, abstract.params,
+          config.model.get("stem") == "patches")
       state = state.replace(params=_with_leaves(state.params, init_leaves))
       state = state.replace(opt_state=jax.jit(
           tx.init, out_shardings=state_sharding.opt_state)(state.params))

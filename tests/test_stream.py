@@ -380,7 +380,8 @@ def test_two_processes_read_their_parts_and_count_eval_once(datasets,
   assert results["num_devices"] == 2 and results["eval/examples"] == VAL
 
 
-def test_jft_pretraining_then_imagenet_finetuning(datasets, tmp_path):
+def test_jft_pretraining_then_imagenet_finetuning(datasets, tmp_path,
+                                                  capsys):
   pretrain = jft_adatape.get_config(
       f"tiny,dataset=fake_jft,data_dir={datasets['jft']}")
   assert pretrain.loss == "sigmoid_xent"
@@ -389,5 +390,28 @@ def test_jft_pretraining_then_imagenet_finetuning(datasets, tmp_path):
   finetune = jft_finetune.get_config(
       f"tiny,init_from={tmp_path / 'jft'},method=adatape,"
       f"data_dir={datasets['tfrecord']}")
+  assert finetune.optim.name == "sgd" and finetune.data.image_size == 48
+  capsys.readouterr()
   results = train.train_and_evaluate(finetune, str(tmp_path / "ft"))
   assert results["eval/examples"] == VAL
+  # 32 -> 48 px: both position embeddings follow the larger patch grids
+  # (4x4 -> 6x6 patches, 8x8 -> 12x12 bank entries); the head is new.
+  printed = capsys.readouterr().out
+  assert ("resampled to this image size: bank/posembed_input_bank, "
+          "stem/posembed_input;" in printed)
+  assert ("fresh: head/output_projection/bias, "
+          "head/output_projection/kernel\n" in printed)
+
+
+def test_resample_grid_keeps_a_smooth_embedding():
+  # A linear ramp over the grid stays a ramp (bilinear), at the new size.
+  ramp = np.linspace(-1, 1, 4, dtype=np.float32)
+  grid = (ramp[:, None, None] + 2 * ramp[None, :, None]) * np.ones(
+      (1, 1, 3), np.float32)
+  out = train.resample_grid(grid.reshape(1, 16, 3), 64).reshape(8, 8, 3)
+  assert out.dtype == np.float32
+  assert np.all(np.diff(out[2:6, 3, 0]) > 0) and np.all(
+      np.diff(out[3, 2:6, 0]) > 0)
+  np.testing.assert_allclose(out.mean(), grid.mean(), atol=1e-6)
+  np.testing.assert_array_equal(
+      train.resample_grid(grid.reshape(1, 16, 3), 16), grid.reshape(1, 16, 3))

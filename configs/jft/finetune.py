@@ -7,14 +7,13 @@ Run (after configs/jft/{vit,adatape}.py):
 
 Every parameter with the same path and shape starts from the pre-trained
 run's latest checkpoint (`init_from`); the 1000-class head is new (its
-shape differs) with bias -6.9. Recipe, the ViT paper's fine-tuning
-(Dosovitskiy et al. 2021, Table 4 / appendix B.1.1): SGD with momentum
-0.9, no weight decay, global-norm clip 1.0, batch 512, 20,000 steps (500
-warmup, cosine), peak LR 0.01 (its grid: 0.003, 0.01, 0.03, 0.06);
-Inception crop and flip only. Unlike the paper this fine-tunes at the
-pre-training resolution, 224 px: a different resolution would need the
-position embeddings resampled, which `init_from` does not do (it leaves
-parameters of a different shape freshly initialised, and prints them).
+shape differs) with bias -6.9, and the position embeddings (of the
+patches and of the input bank) are resampled bilinearly to the larger
+patch grid. Recipe, the ViT paper's fine-tuning (Dosovitskiy et al. 2021,
+appendix B.1.1): 384 px (config arg `image_size=`), SGD with momentum 0.9, no
+weight decay, global-norm clip 1.0, batch 512, 20,000 steps (500 warmup,
+cosine), peak LR 0.01 (its grid: 0.003, 0.01, 0.03, 0.06); Inception crop
+and flip only; eval resizes to 384 * 8 / 7 and centre crops.
 """
 
 import ml_collections
@@ -27,7 +26,7 @@ from configs.imagenet import vit as imagenet_vit
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = imagenet.parse(arg, init_from="", method="adatape", bank="input",
-                        steps=20_000)
+                        steps=20_000, image_size=0)
   run_config.check(bool(args.init_from),
                    "config arg init_from=WORKDIR (the pre-training run) is "
                    "required")
@@ -40,7 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     c = imagenet_vit.get_config(common_args)
   c.init_from = args.init_from
-  c.data.update(randaug_layers=0, mixup_alpha=0.0)
+  # 0: the paper's 384 px (tiny: 48, still a larger grid than tiny's 32).
+  size = args.image_size or (48 if args.tiny else 384)
+  c.data.update(randaug_layers=0, mixup_alpha=0.0, image_size=size,
+                eval_resize=size * 8 // 7)
   c.optim.update(name="sgd", learning_rate=0.01,
                  warmup_steps=2 if args.tiny else 500, schedule="cosine",
                  weight_decay=0.0, b1=0.9, clip_norm=1.0)
