@@ -30,14 +30,23 @@ class Loaded(NamedTuple):
   step: int
 
 
-def load(workdir: str, step: int | None = None) -> Loaded:
-  """A run's config, model, data source and parameters (default: latest)."""
+def read_run(workdir: str, step: int | None = None
+             ) -> tuple[ml_collections.ConfigDict, int, Any]:
+  """A run's config, and the step and parameters of one checkpoint
+  (default: latest), without building its data source (which may need
+  data this host does not have)."""
   path = os.path.join(workdir, "config.json")
   run_config.check(gfile.exists(path),
                    f"--workdir={workdir} holds no run (no config.json)")
   with gfile.GFile(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   step, params = checkpointing.restore_params(workdir, step)
+  return config, step, params
+
+
+def load(workdir: str, step: int | None = None) -> Loaded:
+  """A run's config, model, data source and parameters (default: latest)."""
+  config, step, params = read_run(workdir, step)
   return Loaded(config, train.prepare(config), params, step)
 
 

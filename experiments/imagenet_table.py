@@ -30,7 +30,9 @@ sys.path.insert(0, REPO)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
+from tensorflow.io import gfile
 
+from adatape import analysis
 from adatape import checkpointing
 from adatape import run_config
 from experiments import throughput
@@ -52,12 +54,12 @@ def _variant(config) -> str:
 
 def row(workdir: str) -> dict | None:
   """One table row, or None for an unfinished run."""
-  config, params = throughput.load_run(workdir)
+  config, _, params = analysis.read_run(workdir)
   results_path = os.path.join(workdir, "results.json")
-  if not os.path.exists(results_path):
+  if not gfile.exists(results_path):
     print(f"skip {workdir}: not finished (no results.json)")
     return None
-  with open(results_path) as f:
+  with gfile.GFile(results_path) as f:
     results = json.load(f)
   size = config.data.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -114,8 +116,10 @@ def main():
   workdirs = list(args.workdir)
   if args.root:
     workdirs += sorted(
-        os.path.join(args.root, d) for d in os.listdir(args.root)
-        if os.path.exists(os.path.join(args.root, d, "config.json")))
+        os.path.join(args.root, d.rstrip("/"))
+        for d in gfile.listdir(args.root)
+        if gfile.exists(os.path.join(args.root, d.rstrip("/"),
+                                     "config.json")))
   if not workdirs:
     sys.exit("error: no runs: give --workdir=RUN or --root=DIR")
   rows = []

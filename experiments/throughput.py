@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adatape import analysis
 from adatape import checkpointing
 from adatape import models
 from adatape import optim
@@ -62,17 +63,6 @@ def load_spec(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
-
-
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
-  """A finished (or running) run's config and latest parameters."""
-  path = os.path.join(workdir, "config.json")
-  run_config.check(os.path.exists(path),
-                   f"--workdir={workdir} holds no run (no config.json)")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  _, params = checkpointing.restore_params(workdir)
-  return config, params
 
 
 def head_classes(params: Any) -> int:
@@ -246,7 +236,7 @@ def main():
   try:
     loaded = [(spec, load_spec(spec), None)
               for spec in args.spec or ([] if args.workdir else DEFAULT_SPECS)]
-    loaded += [(w, *load_run(w)) for w in args.workdir]
+    loaded += [(w, *analysis.read_run(w)[::2]) for w in args.workdir]
     benches = [Bench(label.rstrip("/").split("/")[-1]
                      if label in args.workdir
                      else label.replace("configs/", ""), config, params,

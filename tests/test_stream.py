@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from adatape import analysis
 from adatape import run_config
 from adatape import train
 from adatape.data import image_ops
@@ -27,6 +28,7 @@ from configs.imagenet import adatape as imagenet_adatape
 from configs.imagenet import vit as imagenet_vit
 from configs.jft import adatape as jft_adatape
 from configs.jft import finetune as jft_finetune
+from configs.jft import vit as jft_vit
 from experiments import heatmaps
 from experiments import imagenet_table
 from experiments import throughput
@@ -277,6 +279,18 @@ def test_paper_configs_build_for_every_variant_and_bank(datasets):
       assert config.tape.num_tokens == 10 and config.tape.epsilon == 2.0
       assert config.tape.key_split == config.model.num_heads
       assert config.model.head_bias_init == -6.9
+  # The JFT family: pre-training on a multi-label dataset, both methods,
+  # and fine-tuning either on ImageNet.
+  for module in (jft_vit, jft_adatape):
+    run = train.prepare(module.get_config(
+        f"dataset=fake_jft,data_dir={datasets['jft']},variant=B/16"))
+    assert run.source.num_classes == JFT_CLASSES and run.source.multi_label
+  for method in ("vit", "adatape"):
+    config = jft_finetune.get_config(
+        f"init_from=/pretrained,method={method},"
+        f"data_dir={datasets['tfrecord']}")
+    assert config.data.image_size == 384 and config.optim.name == "sgd"
+    assert train.prepare(config).source.num_classes == 1000
   points = []
   imagenet_adatape.sweep(lambda **kw: points.append(kw))
   assert len(points) == 12
@@ -297,7 +311,8 @@ def test_few_step_vit_training_on_imagenet2012(datasets, tmp_path):
   assert np.isfinite(results["eval/loss"])
 
 
-def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path):
+def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path,
+                                                       monkeypatch):
   config = imagenet_adatape.get_config(
       f"tiny,bank=input,data_dir={datasets['array_record']}")
   workdir = str(tmp_path / "run")
@@ -311,6 +326,12 @@ def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path):
   np.testing.assert_allclose(reads.sum(1).mean(),
                              k * results["eval/tape_length"], rtol=1e-5)
   row = imagenet_table.row(workdir)
+  out = tmp_path / "table.md"
+  monkeypatch.setattr(sys, "argv", ["imagenet_table.py", f"--root={tmp_path}",
+                                    f"--out={out}"])
+  imagenet_table.main()  # --root finds the run; md and csv are written.
+  assert "| run | AdaTape-ViT |" in out.read_text()
+  assert (tmp_path / "table.csv").read_text().count("\n") == 2
   assert row["top1"] == results["eval/accuracy"]
   assert row["model"] == "AdaTape-ViT" and row["bank"] == "input"
   assert row["images_per_s"] == pytest.approx(
@@ -318,7 +339,7 @@ def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path):
   assert 0 < row["effective_gflops"] <= row["static_gflops"]
   vit = throughput.Bench("vit", imagenet_vit.get_config("tiny"), None,
                          batch=4, num_classes=1000)
-  run_config_, params = throughput.load_run(workdir)
+  run_config_, _, params = analysis.read_run(workdir)
   run = throughput.Bench("run", run_config_, params, batch=4,
                          num_classes=throughput.head_classes(params))
   rows = throughput.run([vit, run], repeats=1)
