@@ -19,13 +19,14 @@ from tensorflow.io import gfile
 
 from adatape import checkpointing
 from adatape import run_config
-from adatape import train
+from adatape import assemble
+from adatape import workdir as workdir_lib
 from adatape.models import outputs
 
 
 class Loaded(NamedTuple):
   config: ml_collections.ConfigDict
-  run: train.Run
+  run: assemble.Run
   params: Any
   step: int
 
@@ -35,7 +36,7 @@ def read_run(workdir: str, step: int | None = None
   """A run's config, and the step and parameters of one checkpoint
   (default: latest), without building its data source (which may need
   data this host does not have)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdir_lib.CONFIG)
   run_config.check(gfile.exists(path),
                    f"--workdir={workdir} holds no run (no config.json)")
   with gfile.GFile(path) as f:
@@ -47,7 +48,7 @@ def read_run(workdir: str, step: int | None = None
 def load(workdir: str, step: int | None = None) -> Loaded:
   """A run's config, model, data source and parameters (default: latest)."""
   config, step, params = read_run(workdir, step)
-  return Loaded(config, train.prepare(config), params, step)
+  return Loaded(config, assemble.prepare(config), params, step)
 
 
 def per_example(loaded: Loaded,
@@ -66,23 +67,16 @@ def per_example(loaded: Loaded,
     return fn(model.apply({"params": params}, x, train=False,
                           rngs={"halting": jax.random.key(0)}))
 
-  source = loaded.run.source
-  if not hasattr(source, "eval_set"):
-    # A streamed eval split (ImageNet-sized) is never held in memory: run
-    # it batch by batch, keeping the real rows.
-    parts = []
-    for batch in source.eval_batches(batch_size):
-      valid = batch["mask"] > 0
-      part = jax.device_get(apply(batch["inputs"]))
-      parts.append({**{k: v[valid] for k, v in part.items()},
-                    "label": batch["label"][valid]})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  data = source.eval_set()
-  parts = [jax.device_get(apply(data["inputs"][i:i + batch_size]))
-           for i in range(0, len(data["inputs"]), batch_size)]
-  result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  result.update({k: v for k, v in data.items() if k != "inputs"})
-  return result
+  # Batch by batch, keeping the real rows: a streamed eval split
+  # (ImageNet-sized) is never held in memory.
+  parts = []
+  for batch in loaded.run.source.eval_batches(batch_size):
+    valid = batch["mask"] > 0
+    part = jax.device_get(apply(batch["inputs"]))
+    parts.append({**{k: v[valid] for k, v in part.items()},
+                  **{k: v[valid] for k, v in batch.items()
+                     if k not in ("inputs", "mask")}})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def output_per_example(workdir: str, field: str, needs: str

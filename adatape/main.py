@@ -71,6 +71,9 @@ def main(argv: list[str]) -> None:
   del argv
   # Imported here so that flag errors are reported without importing jax.
   from adatape import checkpointing  # pylint: disable=g-import-not-at-top
+  from adatape import models  # pylint: disable=g-import-not-at-top
+  from adatape import preemption  # pylint: disable=g-import-not-at-top
+  from adatape import reporting  # pylint: disable=g-import-not-at-top
   from adatape import run_config  # pylint: disable=g-import-not-at-top
   from adatape import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -95,19 +98,12 @@ def main(argv: list[str]) -> None:
     _fail(str(e), status=1)
   except checkpointing.CheckpointError as e:
     _fail(str(e), status=1)
-  except train.Preempted as e:
+  except preemption.Preempted as e:
     # A clean stop: the state is saved and the same command resumes.
     print(str(e), flush=True)
     return
   if jax.process_index() == 0:
-    summary = [f"final eval accuracy {results['eval/accuracy']:.4f}"]
-    if "eval/tape_length" in results:
-      summary.append(f"mean tape length {results['eval/tape_length']:.2f}")
-    if "eval/ponder_steps" in results:
-      summary.append(f"mean ponder steps {results['eval/ponder_steps']:.2f}")
-    summary.append(f"{results['steps']} steps in "
-                   f"{results['wall_time_s']:.0f}s")
-    print("; ".join(summary))
+    print(reporting.summary(results, models.metrics(results["model"])))
     print(f"results:     {os.path.join(workdir, 'results.json')}")
     print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
     print(f"tensorboard: tensorboard --logdir {workdir}")

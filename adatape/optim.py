@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule from the `optim.*` config keys.
 
-The official recipe (spec 4.2): AdamW (b1 0.9, b2 0.999, decoupled weight
+The official AdaTape/ViT ImageNet recipe (`configs/imagenet/`): AdamW (b1 0.9, b2 0.999, decoupled weight
 decay multiplied by the learning rate, applied to every parameter), linear
 warmup then cosine decay to zero, global-norm clipping at 1.0. Clipping
 happens on the global gradient, which under jit is already the mean over all

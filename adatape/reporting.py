@@ -19,22 +19,41 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from clu import metric_writers
 from clu.metric_writers import interface
 from tensorflow.io import gfile
 
-_CONSOLE_KEYS = (
-    ("train/loss", "loss", "{:.4f}"),
-    ("train/accuracy", "acc", "{:.3f}"),
-    ("train/tape_length", "tape", "{:.2f}"),
-    ("train/ponder_steps", "ponder", "{:.2f}"),
-    ("eval/accuracy", "eval acc", "{:.4f}"),
-    ("eval/tape_length", "eval tape", "{:.2f}"),
-    ("eval/ponder_steps", "eval ponder", "{:.2f}"),
-    ("perf/steps_per_sec", "steps/s", "{:.1f}"),
-)
+from adatape.models import outputs
+
+
+
+def console_keys(metrics: Sequence[outputs.Metric]
+                 ) -> tuple[tuple[str, str, str], ...]:
+  """(key, label, format) of the progress line: loss and accuracy, each
+  of the model's labelled metrics in train and eval, and steps/s."""
+  labelled = [m for m in metrics if m.label]
+  return (
+      (("train/loss", "loss", "{:.4f}"), ("train/accuracy", "acc", "{:.3f}"))
+      + tuple((f"train/{m.name}", m.label, "{:.2f}") for m in labelled)
+      + (("eval/accuracy", "eval acc", "{:.4f}"),)
+      + tuple((f"eval/{m.name}", f"eval {m.label}", "{:.2f}")
+              for m in labelled)
+      + (("perf/steps_per_sec", "steps/s", "{:.1f}"),))
+
+
+def summary(results: Mapping[str, Any],
+            metrics: Sequence[outputs.Metric]) -> str:
+  """The one line a finished run ends with: accuracy, the model's
+  labelled metrics, steps and time."""
+  parts = [f"final eval accuracy {results['eval/accuracy']:.4f}"]
+  for m in metrics:
+    if m.label and f"eval/{m.name}" in results:
+      value = results[f"eval/{m.name}"]
+      parts.append(f"mean {m.name.replace('_', ' ')} {value:.2f}")
+  parts.append(f"{results['steps']} steps in {results['wall_time_s']:.0f}s")
+  return "; ".join(parts)
 
 
 def _duration(seconds: float) -> str:
@@ -47,12 +66,14 @@ def _duration(seconds: float) -> str:
 class ConsoleWriter(interface.MetricWriter):
   """Prints scalars as one compact progress line to stdout."""
 
-  def __init__(self, total_steps: int):
+  def __init__(self, total_steps: int,
+               keys: Sequence[tuple[str, str, str]]):
     self._total = total_steps
+    self._keys = keys
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     parts = [f"step {step}/{self._total}"]
-    for key, label, fmt in _CONSOLE_KEYS:
+    for key, label, fmt in self._keys:
       if key in scalars:
         parts.append(f"{label} {fmt.format(float(scalars[key]))}")
     if "perf/eta_sec" in scalars:
@@ -129,11 +150,12 @@ class Reporter:
   """Writes metrics of one run segment (from `start_step` on)."""
 
   def __init__(self, workdir: str, *, total_steps: int, start_step: int,
-               is_main: bool):
+               is_main: bool, metrics: Sequence[outputs.Metric] = ()):
     self._workdir = workdir
     self._is_main = is_main
     self._total = total_steps
-    writers = [ConsoleWriter(total_steps)] if is_main else []
+    writers = ([ConsoleWriter(total_steps, console_keys(metrics))]
+               if is_main else [])
     if is_main:
       writers.append(metric_writers.SummaryWriter(workdir))
     self.writer = metric_writers.MultiWriter(writers)

@@ -2,6 +2,7 @@
 
 Config files are ml-collections `get_config(arg)` functions; models and data
 never see a ConfigDict. This module is the one boundary between the two:
+`load` reads a config file as the command line does (`PATH[:ARGS]`),
 `parse_arg` reads the `:key=value,...` string after a config path,
 `to_dataclass` turns a config section into a frozen dataclass and rejects keys
 the dataclass does not know, and `ConfigError` is the one exception type whose
@@ -10,6 +11,8 @@ key, so a typo in a TPU job fails in seconds with a fix in sight.
 """
 
 import dataclasses
+import importlib.util
+import os
 import types
 import typing
 from typing import Any
@@ -140,3 +143,52 @@ def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
   """Raises ConfigError unless `value` is one of `choices`."""
   check(value in choices,
         f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+
+
+# Config paths are relative to the working directory, or else to the
+# repository (so tools started elsewhere still find `configs/...`).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_module(path: str, what: str) -> types.ModuleType:
+  """Executes the config file at `path`; `what` names the flag in errors."""
+  candidates = [path] if os.path.isabs(path) else [
+      path, os.path.join(_REPO, path)]
+  found = next((p for p in candidates if os.path.isfile(p)), None)
+  if found is None:
+    raise ConfigError(f"{what}: {path} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(found))[0], found)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load(spec: str, what: str = "--config") -> ml_collections.ConfigDict:
+  """The config of `PATH[:ARGS]`, as `--config=PATH[:ARGS]` would give it.
+
+  Args:
+    spec: a config file path, optionally followed by `:ARGS`.
+    what: the flag or key that named it, for error messages.
+
+  Returns:
+    The file's `get_config(ARGS or None)`.
+  """
+  path, _, arg = spec.partition(":")
+  module = config_module(path, what)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{what}: {path} defines no get_config(arg)")
+  return module.get_config(arg or None)
+
+
+def sweep_points(spec: str, what: str = "--config"
+                 ) -> list[dict[str, Any]]:
+  """The override dicts that the config file's `sweep(add)` adds, in order
+  (`{"tape.epsilon": 4.0, ...}`: flattened keys, as `--config.KEY=V`)."""
+  path = spec.partition(":")[0]
+  module = config_module(path, what)
+  if not hasattr(module, "sweep"):
+    raise ConfigError(f"{what}: {path} has no sweep(add)")
+  points = []
+  module.sweep(lambda **overrides: points.append(dict(overrides)))
+  return points

@@ -5,36 +5,43 @@ method that takes its data, budget and encoder size from the family's
 `common.py` and its method keys from here, so that a method is configured
 the same way on every task and every method of a task trains on the same
 data with the same budget. The values are the official/reference ones
-(see `../shared/docs/baselines_spec.md`) unless a comment says otherwise.
+(the papers' or their reference code's) unless a comment says otherwise.
 """
 
+import dataclasses
 from typing import Callable
 
 import ml_collections
 
 from adatape import run_config
+from adatape.tape import config as tape_config
 
 ModelFn = Callable[..., ml_collections.ConfigDict]
 
 
-def tape(**overrides) -> ml_collections.ConfigDict:
-  """AdaTape's `tape` section: the input-driven bank, adaptive reading with
-  the entropy ATR loss (weight 0.01), a gap query, inserted before block 1;
-  `overrides` set the task's budget (num_tokens, epsilon) and key split."""
-  c = ml_collections.ConfigDict(dict(
-      bank="input", bank_size=0, num_tokens=8, tokens_per_step=1,
-      epsilon=2.0, adaptive=True, loss_type="entropy", loss_weight=0.01,
-      query_type="gap", complex_query=True, query_noise=0.0,
-      bank_dropout=0.0, key_split=4, layers=(1,), mlp_dim=0,
-      encoder_mlp_dim=0, dropout=0.0, legacy_flat_gather=False,
-      early_stop=False))
-  c.update(overrides)
-  return c
+def tape(*, key_split: int, **overrides) -> ml_collections.ConfigDict:
+  """AdaTape's `tape` section: every key of `TapeConfig` at its default
+  (the official configuration: the input-driven bank, adaptive reading
+  with the entropy ATR loss at weight 0.01, a gap query, the tape
+  appended before block 1), with the task's `overrides` (its budget,
+  num_tokens and epsilon, at least).
+
+  Args:
+    key_split: s, the official configuration's number of heads.
+    **overrides: other `tape.*` keys.
+  """
+  defaults = dataclasses.asdict(tape_config.TapeConfig())
+  unknown = sorted(set(overrides) - set(defaults))
+  run_config.check(not unknown, f"tape.{unknown[0] if unknown else ''} is "
+                   "not a key of TapeConfig")
+  return ml_collections.ConfigDict(
+      {**defaults, "key_split": key_split, **overrides})
 
 
 def universal_transformer(model: ModelFn, depth: int, **extra
                           ) -> ml_collections.ConfigDict:
-  """UT with per-token ACT, tensor2tensor's values (spec A.3)."""
+  """UT with per-token ACT, tensor2tensor's values (halting bias 1,
+  epsilon 0.01, ponder weight 0.01)."""
   c = model("universal_transformer", stem="sequence", classifier="gap",
             posemb=True, act_level="per_token", act_type="basic",
             act_epsilon=0.01, halting_bias_init=1.0, act_loss_weight=0.01,
@@ -45,7 +52,7 @@ def universal_transformer(model: ModelFn, depth: int, **extra
 
 
 def hyper_ut(model: ModelFn, depth: int) -> ml_collections.ConfigDict:
-  """UT-ACT with a router-generated FFN from a pool of 4 (spec F)."""
+  """UT-ACT with a router-generated FFN from a pool of 4."""
   c = universal_transformer(model, depth, pool_size=4, router_dim=32)
   c.name = "hyper_ut"
   return c
@@ -90,7 +97,7 @@ ACM_TRAINABLE = {"distill": "/learners/", "gates": "/gate/",
 
 
 def acm(model: ModelFn, stage: str) -> ml_collections.ConfigDict:
-  """ACM with the official K = 4, gate and loss weights (spec E.2)."""
+  """ACM with the official K = 4, gate and loss weights."""
   return model("acm", stem="sequence", classifier="gap", posemb=True,
                stage=stage, num_learners=4, gate_hidden=16,
                gumbel_temperature=0.8, gate_error_factor=1.2,

@@ -11,7 +11,7 @@ the compiled step and the achieved FLOP rate as a fraction of a measured f32
 matmul rate; per size: the reader's share of the AdaTape step,
 (t_adatape - t_fixed) / t_adatape.
 
-  python experiments/benchmark.py [--vit_batch=8] [--repeats=5]
+  python -m experiments.benchmark [--vit_batch=8] [--repeats=5]
 """
 
 import argparse

@@ -14,7 +14,7 @@ evaluates every finished run on the task's fixed eval set and writes:
                            (training saw hops 1..train_hops only)
   <out>_pvr_hops.png       the same, as two panels
 
-  python experiments/compare_methods.py --workdir=runs/compare \
+  python -m experiments.compare_methods --workdir=runs/compare \
       --out=experiments/results/compare_methods
 """
 
@@ -22,35 +22,23 @@ import argparse
 import concurrent.futures
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from launch import local
 
 METHODS = ("transformer", "adatape", "universal_transformer", "hyper_ut",
            "pondernet", "avit", "albert_act")
 ACM_STAGES = ("distill", "gates", "finetune")
-COMPUTE_NAME = {"adatape": "tape tokens", "transformer": "layers",
-                "acm": "learners/token", "avit": "layers/token",
-                "albert_act": "updates/token", "pondernet": "steps",
-                "universal_transformer": "steps/token",
-                "hyper_ut": "steps/token"}
 
 
 def train(root, task, method, task_args, steps, config_args="", tag=None):
   """Trains one run unless it has finished; returns its workdir."""
   name = f"{task}_{tag or method}"
   workdir = os.path.join(root, name)
-  if not os.path.exists(os.path.join(workdir, "results.json")):
+  if not local.finished(workdir):
     arg = ",".join(a for a in (task_args, f"steps={steps}", config_args) if a)
     print(f"== training {name}", flush=True)
-    with open(os.path.join(root, f"{name}.log"), "w") as log:
-      subprocess.run(
-          [sys.executable, "-m", "adatape.main",
-           f"--config=configs/{task}/{method}.py:{arg}",
-           f"--workdir={workdir}"],
-          cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+    local.train(f"configs/{task}/{method}.py:{arg}", workdir,
+                log=os.path.join(root, f"{name}.log"))
   return workdir
 
 
@@ -80,13 +68,10 @@ def evaluate(workdir):
   from adatape import analysis  # pylint: disable=g-import-not-at-top
 
   loaded = analysis.load(workdir)
-  depth = loaded.config.model.depth
+  cost = next(m for m in loaded.run.metrics if m.cost)
 
   def fn(out):
-    used = (out.tape_length_B if out.tape_length_B is not None
-            else out.ponder_steps_B)
-    if used is None:  # Fixed depth.
-      used = jnp.full(out.logits.shape[:1], depth, jnp.float32)
+    used = out.metrics_B[cost.name]
     return {"pred": out.logits.argmax(-1), "gflops": out.flops_B / 1e9,
             "used": used.astype(jnp.float32)}
 
@@ -95,6 +80,7 @@ def evaluate(workdir):
           "gflops": ex["gflops"].astype(np.float64),
           "used": ex["used"].astype(np.float64),
           "hops": ex.get("hops"),
+          "compute": cost.description,
           "params": sum(int(np.prod(x.shape))
                         for x in jax.tree.leaves(loaded.params))}
 
@@ -104,7 +90,7 @@ def summarise(task, method, workdir, per_example):
     results = json.load(f)
   return {"task": task, "method": method,
           "accuracy": float(per_example["correct"].mean()),
-          "compute": COMPUTE_NAME[method],
+          "compute": per_example["compute"],
           "compute_used": float(per_example["used"].mean()),
           "gflops": float(per_example["gflops"].mean()),
           "params": per_example["params"],

@@ -6,7 +6,7 @@ per token for ACM) is read; the PNG shows the mean depth at each position
 over the eval set and the per-token depths of the first examples. For a
 patch stem (images) the positions are laid out on the patch grid.
 
-  python experiments/depth_map.py --workdir=RUN [--examples=16]
+  python -m experiments.depth_map --workdir=RUN [--examples=16]
 writes RUN/depth_map.png and RUN/depth_map.json (the mean per position).
 """
 
@@ -15,8 +15,6 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def token_depths(workdir):

@@ -6,7 +6,7 @@ per example at each entry. For an input-driven image bank the entries are
 laid out on its patch grid, so the picture shows which image regions the
 tape reads; a sequence or learnable bank is drawn as one row.
 
-  python experiments/heatmaps.py --workdir=RUN
+  python -m experiments.heatmaps --workdir=RUN
 writes RUN/tape_heatmap.png and RUN/tape_heatmap.json (the mean reads per
 entry, and the mean number of entries read per example).
 """
@@ -16,8 +16,6 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def bank_reads(workdir):

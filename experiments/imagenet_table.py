@@ -13,8 +13,8 @@ results.json and prints one row:
                each example's tape length; adatape/models/flops.py)
   tape         eval/tape_length, the mean over the eval set
 
-  python experiments/imagenet_table.py --root=RUNS --out=experiments/results/imagenet_table.md
-  python experiments/imagenet_table.py --workdir=RUN_A --workdir=RUN_B
+  python -m experiments.imagenet_table --root=RUNS --out=experiments/results/imagenet_table.md
+  python -m experiments.imagenet_table --workdir=RUN_A --workdir=RUN_B
 
 Unfinished runs (no results.json) are listed as such and skipped.
 """
@@ -25,10 +25,6 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 from tensorflow.io import gfile
 

@@ -8,7 +8,7 @@ AdaTape, whether the tape length tracks difficulty: the correlation over
 the eval set between an example's tape length and its number of +1s (and,
 for the Graves variant, its number of non-zero elements).
 
-  python experiments/parity_table.py --root=runs/parity_table \
+  python -m experiments.parity_table --root=runs/parity_table \
       --out=experiments/results/parity_table
 """
 
@@ -16,24 +16,18 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from launch import local
 MODELS = ("adatape", "transformer", "universal_transformer")
 
 
 def run_one(root, model, seq_len, seed, steps, variant):
   name = f"{model}_{variant}_S{seq_len}_seed{seed}"
   workdir = os.path.join(root, name)
-  if not os.path.exists(os.path.join(workdir, "results.json")):
+  if not local.finished(workdir):
     print(f"== training {name}", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "adatape.main",
-         f"--config=configs/parity/{model}.py:seq_len={seq_len},"
-         f"variant={variant},steps={steps}",
-         f"--workdir={workdir}", f"--config.seed={seed}"],
-        cwd=REPO, check=True)
+    local.train(f"configs/parity/{model}.py:seq_len={seq_len},"
+                f"variant={variant},steps={steps}", workdir, {"seed": seed})
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   results.update(name=name, model=model, seq_len=seq_len, seed=seed,
@@ -49,7 +43,7 @@ def tape_difficulty(workdir):
   from adatape import analysis  # pylint: disable=g-import-not-at-top
 
   ex = analysis.per_example(analysis.load(workdir),
-                            lambda out: {"length": out.tape_length_B})
+                            lambda out: {"length": out.metrics_B["tape_length"]})
   lengths = ex["length"].astype(np.float64)
   plus = (ex["values"] == 1).sum(1)
   nonzero = (ex["values"] != 0).sum(1)
@@ -71,7 +65,7 @@ COLUMNS = (
     ("eval/accuracy", "eval acc", "{:.4f}"),
     ("eval/tape_length", "mean tape", "{:.2f}"),
     ("tape_range", "tape range", "{}"),
-    ("eval/ponder_steps", "ponder steps", "{:.2f}"),
+    ("eval/act_steps", "ACT steps", "{:.2f}"),
     ("corr_tape_plus", "corr(tape, #+1)", "{:+.3f}"),
     ("corr_tape_nonzero", "corr(tape, #nonzero)", "{:+.3f}"),
     ("steps", "steps", "{}"), ("wall_time_s", "wall s", "{:.0f}"),

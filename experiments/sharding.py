@@ -9,11 +9,10 @@ prints
   2. for the parity model: train-step time on 1 vs 8 devices (data
      parallel), same global batch.
 
-  python experiments/sharding.py
+  python -m experiments.sharding
 """
 
 import os
-import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
@@ -26,12 +25,11 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark
 from adatape import models
 from adatape import optim
 from adatape import parallel
 from adatape import train
+from experiments import benchmark
 
 
 def compiled_step(config, inputs, labels, mesh_config):

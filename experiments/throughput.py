@@ -14,9 +14,9 @@ one jax device (the first; per-device numbers), prints:
 and for an AdaTape / ViT pair, the step-time ratio next to the static
 train-FLOP ratio (issue 3's bar: time ratio <= FLOP ratio + 0.05).
 
-  python experiments/throughput.py                      # S/16 pair, 224 px
-  python experiments/throughput.py --batch=64 --spec=configs/imagenet/adatape.py:variant=B/16
-  python experiments/throughput.py --workdir=RUN        # a trained run
+  python -m experiments.throughput                      # S/16 pair, 224 px
+  python -m experiments.throughput --batch=64 --spec=configs/imagenet/adatape.py:variant=B/16
+  python -m experiments.throughput --workdir=RUN        # a trained run
 
 Random-init parameters read a near-maximal tape; a trained run's mean
 tape length is what its eval measured (results.json, eval/tape_length).
@@ -24,18 +24,12 @@ tape length is what its eval measured (results.json, eval/tape_length).
 
 import argparse
 import functools
-import importlib.util
 import json
-import os
 import statistics
 import sys
 import time
 from typing import Any, NamedTuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,19 +44,6 @@ from adatape import train
 
 DEFAULT_SPECS = ("configs/imagenet/vit.py:variant=S/16",
                  "configs/imagenet/adatape.py:variant=S/16,bank=input")
-
-
-def load_spec(spec: str) -> ml_collections.ConfigDict:
-  """`PATH[:ARGS]` of a config file -> its config."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location(
-      "config_module", os.path.join(REPO, path) if not os.path.isabs(path)
-      else path)
-  run_config.check(module_spec is not None and os.path.exists(
-      module_spec.origin), f"--spec={spec}: no config file {path}")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def head_classes(params: Any) -> int:
@@ -106,7 +87,7 @@ def forward_cost(config: ml_collections.ConfigDict, params: Any,
     def forward(params, x):
       out = model.apply({"params": params}, x, train=False,
                         rngs={"halting": jax.random.key(0)})
-      return out.logits, out.tape_length_B, out.flops_B
+      return out.logits, out.metrics_B.get("tape_length"), out.flops_B
     return jax.jit(forward)
 
   start = time.perf_counter()
@@ -234,7 +215,7 @@ def main():
   parser.add_argument("--out", default="", help="also write the rows as JSON")
   args = parser.parse_args()
   try:
-    loaded = [(spec, load_spec(spec), None)
+    loaded = [(spec, run_config.load(spec, f"--spec={spec}"), None)
               for spec in args.spec or ([] if args.workdir else DEFAULT_SPECS)]
     loaded += [(w, *analysis.read_run(w)[::2]) for w in args.workdir]
     benches = [Bench(label.rstrip("/").split("/")[-1]

@@ -1,8 +1,8 @@
 r"""Run every point of a config's `sweep(add)` and aggregate the results.
 
-  python launch/sweep.py --config=configs/parity/adatape.py[:ARGS] \
+  python -m launch.sweep --config=configs/parity/adatape.py[:ARGS] \
       --root=runs/sweep [--parallel=2] [--dry-run]
-  python launch/sweep.py ... --tpu=NAME --zone=ZONE [--dry-run]
+  python -m launch.sweep ... --tpu=NAME --zone=ZONE [--dry-run]
 
 Each point's overrides (`tape.epsilon=4.0`, ...) become `--config.K=V`
 flags; its workdir is ROOT/<overrides sorted and joined>, so names are
@@ -11,12 +11,12 @@ resumes unfinished ones from their checkpoints). Locally, points run N at a
 time; with --tpu, each point is launched on the slice in turn through
 launch/tpu.py. At the end (or with --aggregate-only) every results.json
 under ROOT goes into ROOT/sweep.md, ROOT/sweep.csv and ROOT/sweep.png
-(eval accuracy against mean tape length / ponder steps).
+(eval accuracy against the model's own compute metric: mean tape length,
+ACT steps, ...).
 """
 
 import argparse
 import concurrent.futures
-import importlib.util
 import json
 import os
 import re
@@ -24,24 +24,9 @@ import shlex
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tpu  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def load_points(config_path: str) -> list[dict[str, object]]:
-  """The override dicts of the config file's `sweep(add)`."""
-  path = os.path.join(REPO, config_path)
-  if not os.path.exists(path):
-    raise SystemExit(f"error: --config: {config_path} does not exist")
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "sweep"):
-    raise SystemExit(f"error: --config: {config_path} has no sweep(add)")
-  points = []
-  module.sweep(lambda **overrides: points.append(dict(overrides)))
-  return points
+from adatape import run_config
+from launch import local
+from launch import tpu
 
 
 def slug(overrides: dict[str, object]) -> str:
@@ -50,17 +35,10 @@ def slug(overrides: dict[str, object]) -> str:
   return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text) or "default"
 
 
-def flags(overrides: dict[str, object]) -> list[str]:
-  return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
-
-
 def run_local(config: str, workdir: str, overrides: dict[str, object]
               ) -> tuple[str, int]:
-  cmd = [sys.executable, "-m", "adatape.main", f"--config={config}",
-         f"--workdir={workdir}", *flags(overrides)]
-  with open(workdir + ".log", "a") as log:
-    result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=log)
-  return workdir, result.returncode
+  return workdir, local.train(config, workdir, overrides,
+                              log=workdir + ".log", check=False)
 
 
 def aggregate(root: str) -> list[dict[str, object]]:
@@ -75,23 +53,30 @@ def aggregate(root: str) -> list[dict[str, object]]:
     print(f"no finished points under {root}")
     return rows
   from adatape import reporting  # pylint: disable=g-import-not-at-top
-  shown = [k for k in ("point", "eval/accuracy", "eval/tape_length",
-                       "eval/ponder_steps", "steps", "wall_time_s")
-           if any(k in r for r in rows)]
+  cost_key = _cost_key(rows)
+  shown = [k for k in ("point", "eval/accuracy", cost_key, "steps",
+                       "wall_time_s") if any(k in r for r in rows)]
   # The CSV holds every key; the markdown table the headline ones.
   keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
   print(reporting.write_table(rows, os.path.join(root, "sweep"), keys,
                               shown))
-  _plot(rows, os.path.join(root, "sweep.png"))
+  _plot(rows, os.path.join(root, "sweep.png"), cost_key)
   return rows
 
 
-def _plot(rows, path):
+def _cost_key(rows) -> str | None:
+  """`eval/NAME` of the swept model's own compute metric, if it has one."""
+  from adatape import models  # pylint: disable=g-import-not-at-top
+  names = {r.get("model") for r in rows}
+  if len(names) != 1 or next(iter(names)) not in models.available():
+    return None
+  return f"eval/{models.cost_metric(names.pop()).name}"
+
+
+def _plot(rows, path, cost_key):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  cost_key = next((k for k in ("eval/tape_length", "eval/ponder_steps")
-                   if any(k in r for r in rows)), None)
   fig, ax = plt.subplots(figsize=(6, 4))
   for r in rows:
     x = r.get(cost_key, 0.0) if cost_key else 0.0
@@ -124,11 +109,15 @@ def main(argv: list[str]) -> int:
   if args.aggregate_only:
     aggregate(root)
     return 0
-  points = load_points(args.config.split(":")[0])
+  try:
+    points = run_config.sweep_points(args.config)
+  except run_config.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   pending = []
   for overrides in points:
     workdir = os.path.join(root, slug(overrides))
-    if not args.tpu and os.path.exists(os.path.join(workdir, "results.json")):
+    if not args.tpu and local.finished(workdir):
       print(f"skip (finished): {workdir}")
       continue
     pending.append((workdir, overrides))
@@ -138,16 +127,14 @@ def main(argv: list[str]) -> int:
       for cmd in tpu.commands(tpu=args.tpu, zone=args.zone,
                               project=args.project, config=args.config,
                               workdir=workdir, commit=commit,
-                              extra=flags(overrides)):
+                              extra=local.override_flags(overrides)):
         print(shlex.join(cmd), flush=True)
         if not args.dry_run:
           subprocess.run(cmd, check=True)
     return 0
   if args.dry_run:
     for workdir, overrides in pending:
-      print(shlex.join([sys.executable, "-m", "adatape.main",
-                        f"--config={args.config}", f"--workdir={workdir}",
-                        *flags(overrides)]))
+      print(shlex.join(local.command(args.config, workdir, overrides)))
     return 0
   os.makedirs(root, exist_ok=True)
   failed = []

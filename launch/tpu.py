@@ -1,6 +1,6 @@
 r"""Launch a training run on every worker of a TPU VM slice.
 
-  python launch/tpu.py --tpu=NAME --zone=ZONE [--project=P] \
+  python -m launch.tpu --tpu=NAME --zone=ZONE [--project=P] \
       --config=configs/parity/adatape.py --workdir=gs://BUCKET/run \
       [--dry-run] [-- --config.seed=3 ...]
 

@@ -29,7 +29,7 @@ def _run(args):
 def compared(tmp_path_factory):
   root = tmp_path_factory.mktemp("compare")
   out = str(root / "results" / "table")
-  proc = _run(["experiments/compare_methods.py", f"--workdir={root}",
+  proc = _run(["-m", "experiments.compare_methods", f"--workdir={root}",
                f"--out={out}", "--tasks=pvr",
                "--methods=transformer,avit,acm", "--tiny", "--jobs=2"])
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -82,10 +82,10 @@ def test_acm_distillation_starts_from_the_teacher_and_trains_only_learners(
 
 def test_depth_map_png_and_refusal_for_models_without_depth(compared):
   root, _ = compared
-  proc = _run(["experiments/depth_map.py", f"--workdir={root / 'pvr_avit'}"])
+  proc = _run(["-m", "experiments.depth_map", f"--workdir={root / 'pvr_avit'}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert os.path.getsize(root / "pvr_avit" / "depth_map.png") > 1000
-  proc = _run(["experiments/depth_map.py",
+  proc = _run(["-m", "experiments.depth_map",
                f"--workdir={root / 'pvr_transformer'}"])
   assert proc.returncode != 0
   assert "returns no token_depth_BxL" in proc.stderr.strip().splitlines()[-1]

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from adatape import assemble
 from adatape import run_config
 from adatape import train
 from adatape.data import digits_builder
@@ -109,7 +110,7 @@ def test_few_step_training_of_vit_and_adatape(config_module, data_dir,
   if config.model.name == "adatape":
     assert results["eval/tape_length"] > 0
     proc = subprocess.run(
-        [sys.executable, "experiments/heatmaps.py",
+        [sys.executable, "-m", "experiments.heatmaps",
          f"--workdir={tmp_path / 'run'}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -138,7 +139,7 @@ def test_command_line_names_the_missing_dataset(tmp_path):
 def test_digits_configs_build(config_module, data_dir):
   for arg in (f"data_dir={data_dir}", f"data_dir={data_dir},tiny",
               f"data_dir={data_dir},source=stream"):
-    run = train.prepare(config_module.get_config(arg))
+    run = assemble.prepare(config_module.get_config(arg))
     assert run.source.input_shape == (32, 32, 3)
     assert run.source.num_classes == 10
   with pytest.raises(run_config.ConfigError, match="config arg"):

@@ -4,15 +4,14 @@ import os
 import subprocess
 import sys
 
+from launch import sweep
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "launch"))
-import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_tpu_dry_run_prints_exactly_the_commands():
   result = subprocess.run(
-      [sys.executable, "launch/tpu.py", "--tpu=slice-2w", "--zone=us-z1-a",
+      [sys.executable, "-m", "launch.tpu", "--tpu=slice-2w", "--zone=us-z1-a",
        "--project=proj", "--config=configs/parity/adatape.py:seq_len=64",
        "--workdir=gs://bucket/run", "--commit=abc123", "--dry-run", "--",
        "--config.seed=3"],
@@ -34,7 +33,7 @@ def test_tpu_dry_run_prints_exactly_the_commands():
 
 def test_tpu_launcher_rejects_a_missing_config():
   result = subprocess.run(
-      [sys.executable, "launch/tpu.py", "--tpu=t", "--zone=z",
+      [sys.executable, "-m", "launch.tpu", "--tpu=t", "--zone=z",
        "--config=configs/parity/nope.py", "--workdir=gs://b/r", "--dry-run"],
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2
@@ -50,7 +49,7 @@ def test_sweep_names_are_deterministic():
 
 def test_local_sweep_runs_aggregates_and_skips_finished(tmp_path):
   root = tmp_path / "sweep"
-  args = [sys.executable, "launch/sweep.py",
+  args = [sys.executable, "-m", "launch.sweep",
           "--config=tests/sweep_config.py", f"--root={root}", "--parallel=2"]
   first = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
                          timeout=600)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from adatape import halting
+from adatape import losses
 from adatape import models
 from adatape import run_config
 from adatape import train
@@ -96,11 +97,11 @@ def test_pondernet_loss_is_the_expectation_over_steps():
   variables = _init(model, x)
   out = _apply(model, variables, x, train_mode=True)
   labels = jnp.array([0, 1, 2, 3, 0, 1])
-  per_step = np.stack([np.asarray(train.task_loss(l, labels, "softmax_xent"))
+  per_step = np.stack([np.asarray(losses.task_loss(l, labels, "softmax_xent"))
                        for l in out.step_logits_SxBxC])
   expected = (np.exp(np.asarray(out.step_log_probs_BxS)) * per_step.T).sum(-1)
   np.testing.assert_allclose(
-      train.example_loss(out, labels, "softmax_xent"), expected, rtol=1e-5)
+      losses.example_loss(out, labels, "softmax_xent"), expected, rtol=1e-5)
   np.testing.assert_allclose(np.exp(out.step_log_probs_BxS).sum(-1), 1.0,
                              rtol=1e-5)
   # bias -1: lambda = 0.269 at every step but the last (forced 1).
@@ -117,14 +118,16 @@ def test_pondernet_eval_uses_the_most_likely_or_a_sampled_step():
                    jax.random.normal(jax.random.key(3), (16, 1)) * 3)
   out = _apply(likely, variables, x)
   chosen = np.argmax(np.asarray(out.step_log_probs_BxS), -1)
-  np.testing.assert_array_equal(out.ponder_steps_B, chosen + 1)
+  np.testing.assert_array_equal(out.metrics_B["halting_step"], chosen + 1)
   np.testing.assert_allclose(
       out.logits, np.asarray(out.step_logits_SxBxC)[chosen, np.arange(64)])
   sampler = _build("pondernet", halting_bias_init=0.5, eval_halting="sample")
   sampled = _apply(sampler, variables, x)
   again = _apply(sampler, variables, x)
-  np.testing.assert_array_equal(sampled.ponder_steps_B, again.ponder_steps_B)
-  assert not np.array_equal(sampled.ponder_steps_B, out.ponder_steps_B)
+  np.testing.assert_array_equal(sampled.metrics_B["halting_step"],
+                                again.metrics_B["halting_step"])
+  assert not np.array_equal(sampled.metrics_B["halting_step"],
+                            out.metrics_B["halting_step"])
 
 
 # A-ViT.
@@ -183,8 +186,8 @@ def test_avit_halting_weights_sum_to_one_and_ponder_cost():
     assert np.all(weights[layer][depth < layer + 1] == 0)
   assert depth.min() >= 1 and depth.max() <= 3
   # Ponder cost N + R lies in [N, N + 1) per token, so its mean does too.
-  assert np.all(out.ponder_cost_B >= out.ponder_steps_B)
-  assert np.all(out.ponder_cost_B < out.ponder_steps_B + 1)
+  cost, layers = out.metrics_B["ponder_cost"], out.metrics_B["layers_used"]
+  assert np.all(cost >= layers) and np.all(cost < layers + 1)
   # FLOPs count only the tokens that ran each layer: one layer per depth
   # unit, all 9 tokens as keys at most.
   per_token = flops.block(16, 32, 9)
@@ -286,7 +289,7 @@ def test_acm_finetune_output_uses_the_chosen_learners_and_grads_reach_gates():
 
   def task_loss(v):
     out = _apply(model, v, x, train_mode=True)
-    return train.task_loss(out.logits, labels, "softmax_xent").mean()
+    return losses.task_loss(out.logits, labels, "softmax_xent").mean()
 
   head = jax.random.normal(jax.random.key(9), (16, 4))
   variables = _set(variables, "head/output_projection/kernel", head)
@@ -299,7 +302,7 @@ def test_acm_finetune_output_uses_the_chosen_learners_and_grads_reach_gates():
     skip = _set(skip, f"encoderblock_{i}/gate/Dense_2/bias",
                 jnp.array([100.0, 0, 0, 0, 0]))
   out = _apply(model, skip, x)
-  np.testing.assert_array_equal(out.ponder_steps_B, 0.0)
+  np.testing.assert_array_equal(out.metrics_B["learners_used"], 0.0)
   other = _set(skip, "encoderblock_0/learners/w2", 1.0)
   np.testing.assert_allclose(_apply(model, other, x).logits, out.logits)
   assert float(out.flops_B[0]) == pytest.approx(
@@ -392,7 +395,7 @@ def test_adatape_flops_grow_with_tape_length():
       np.random.default_rng(0).integers(0, 3, (64, 16))]
   variables = model.init({"params": jax.random.key(0)}, x[:1], train=False)
   out = model.apply(variables, x, train=False)
-  lengths = np.asarray(out.tape_length_B)
+  lengths = np.asarray(out.metrics_B["tape_length"])
   assert len(np.unique(lengths)) > 1
   order = np.argsort(lengths)
   assert np.all(np.diff(np.asarray(out.flops_B)[order]) >= 0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from adatape import halting
+from adatape import layers
 from adatape import models
 from adatape import run_config
 from adatape.models import encoder
@@ -56,7 +57,8 @@ def test_adatape_example_alone_equals_example_in_batch(model_kw, tape_kw):
   batched = apply(variables, x)
   for b in (0, 5, 15):
     alone = apply(variables, x[b:b + 1])
-    assert int(alone.tape_length_B[0]) == int(batched.tape_length_B[b])
+    assert (int(alone.metrics_B["tape_length"][0])
+            == int(batched.metrics_B["tape_length"][b]))
     np.testing.assert_allclose(alone.logits[0], batched.logits[b],
                                rtol=1e-5, atol=1e-6)
   # A different batch around the same example changes nothing either.
@@ -78,8 +80,8 @@ def test_padded_positions_do_not_change_valid_outputs():
   noisy = np.where(mask[..., None], x, rng.normal(size=x.shape) * 100)
   out, out_noisy = np.asarray(run(x)), np.asarray(run(noisy))
   np.testing.assert_array_equal(out[mask], out_noisy[mask])
-  np.testing.assert_array_equal(encoder.masked_mean(out, mask),
-                                encoder.masked_mean(out_noisy, mask))
+  np.testing.assert_array_equal(layers.masked_mean(out, mask),
+                                layers.masked_mean(out_noisy, mask))
   # Unmasked noise does change the output: the test can fail.
   assert not np.allclose(run(noisy * 0 + x + 1.0)[mask], out[mask])
 
@@ -91,7 +93,7 @@ def test_atr_gradient_reaches_every_example_through_the_model():
   variables, _ = _init_apply(model, x)
 
   def atr(x):
-    return model.apply(variables, x, train=False).atr_loss_B.sum()
+    return model.apply(variables, x, train=False).metrics_B["atr_loss"].sum()
 
   grad = np.asarray(jax.grad(atr)(jnp.asarray(x)))
   assert np.all(np.abs(grad).reshape(8, -1).sum(1) > 0)
@@ -115,7 +117,7 @@ def test_patch_stem_with_learnable_and_patch_banks():
 
 def test_universal_transformer_ponder_cost_at_init():
   # Zero halting kernel, bias 1: p = sigmoid(1) = 0.731 at every step, so
-  # every token halts at step 2 with remainder 1 - 0.731 (spec A.3).
+  # every token halts at step 2 with remainder 1 - 0.731.
   for level in ("per_token", "per_example"):
     model = models.build(
         _config("universal_transformer", act_level=level),
@@ -124,8 +126,9 @@ def test_universal_transformer_ponder_cost_at_init():
     variables, apply = _init_apply(model, x)
     out = apply(variables, x)
     p = 1 / (1 + np.exp(-1.0))
-    np.testing.assert_allclose(out.ponder_cost_B, 2 + (1 - p), rtol=1e-6)
-    np.testing.assert_allclose(out.ponder_steps_B, 2.0)
+    np.testing.assert_allclose(out.metrics_B["ponder_cost"], 2 + (1 - p),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out.metrics_B["act_steps"], 2.0)
 
 
 def test_act_weights_sum_to_one_and_hand_case():
@@ -203,7 +206,7 @@ def test_legacy_pooling_over_padded_tape_changes_outputs():
   variables, _ = _init_apply(fixed, x)
   variables = _random_head(variables)
   out = fixed.apply(variables, x, train=False)
-  padded = np.asarray(out.tape_length_B) < 8
+  padded = np.asarray(out.metrics_B["tape_length"]) < 8
   assert padded.any()
   legacy_logits = np.asarray(legacy.apply(variables, x, train=False).logits)
   # Examples with a full tape pool the same positions either way.

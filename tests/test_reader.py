@@ -1,4 +1,5 @@
-"""Adaptive tape reading: bounds, a hand-checked step, fixes of B2/B3/B9/B12."""
+"""Adaptive tape reading: bounds, a hand-checked step, and the fixes of the
+official flat gather, padded slots, ungraded fixed reader and re-reads."""
 
 import dataclasses
 
@@ -90,7 +91,7 @@ def test_batch_independence_and_legacy_gather_breaks_it():
     assert int(alone.length_B[0]) == int(batched.length_B[b])
     np.testing.assert_allclose(alone.tokens_BxTxD[0], batched.tokens_BxTxD[b],
                                rtol=1e-5, atol=1e-6)
-  # The official flat gather reads example 0's scores for everyone (B2).
+  # The official flat gather reads example 0's scores for everyone.
   legacy = dataclasses.replace(CFG, legacy_flat_gather=True)
   batched = tape.read_tape(query, bank, legacy)
   differs = [
@@ -112,7 +113,7 @@ def test_atr_loss_gradient_reaches_every_example():
   grad = _loss_grad(CFG, query, bank)
   per_example = np.abs(grad).reshape(6, -1).sum(1)
   assert np.all(per_example > 0), per_example
-  # The official flat gather zeroes the gradient of examples 1..B-1 (B2).
+  # The official flat gather zeroes the gradient of examples 1..B-1.
   legacy = _loss_grad(dataclasses.replace(CFG, legacy_flat_gather=True),
                       query, bank)
   assert np.abs(legacy[1:]).sum() == 0 and np.abs(legacy[0]).sum() > 0
@@ -142,7 +143,8 @@ def test_fixed_selection_is_hard_top_t_with_gradient():
   top = np.argsort(-(query @ bank.T), axis=1)[:, :10]
   np.testing.assert_allclose(out.tokens_BxTxD, bank[top], rtol=1e-6)
   assert np.all(np.asarray(out.length_B) == 10)
-  # Unlike the official fallback (B9), the selection gets a gradient.
+  # Unlike the official fallback (hard top-T), the selection gets a
+  # gradient.
   grad = jax.grad(lambda q: (tape.read_tape(q, bank, cfg).tokens_BxTxD
                              * np.arange(8)).sum())(query)
   assert np.all(np.abs(np.asarray(grad)).sum(1) > 0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from adatape import assemble
 from adatape import optim
 from adatape import parallel
 from adatape import train
@@ -26,7 +27,7 @@ def _losses(workdir):
 
 
 def _abstract_state(config, mesh_config):
-  run = train.prepare(config)
+  run = assemble.prepare(config)
   tx = optim.create(run.optim, 10)
   abstract = jax.eval_shape(
       lambda k: train.init_state(k, model=run.model, tx=tx,

@@ -20,6 +20,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adatape import analysis
+from adatape import assemble
+from adatape import init_from
+from adatape import losses
 from adatape import run_config
 from adatape import train
 from adatape.data import image_ops
@@ -223,14 +226,14 @@ def test_multi_label_targets_and_sigmoid_loss(datasets):
     expected[ex["labels"].numpy()] += 1
   np.testing.assert_array_equal(targets.sum(0), expected)
   logits = np.random.default_rng(0).normal(size=targets.shape)
-  loss = np.asarray(train.task_loss(logits, targets, "sigmoid_xent"))
+  loss = np.asarray(losses.task_loss(logits, targets, "sigmoid_xent"))
   p = 1 / (1 + np.exp(-logits))
   manual = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).sum(-1)
   np.testing.assert_allclose(loss, manual, rtol=1e-5)
   # precision@1: the top logit is one of the example's labels.
   top = np.where(targets[np.arange(24), logits.argmax(-1)] > 0, 1.0, 0.0)
   np.testing.assert_array_equal(
-      np.asarray(train.top1_correct(logits, targets)), top)
+      np.asarray(losses.top1_correct(logits, targets)), top)
 
 
 def test_bad_data_configs_are_clear_errors(datasets, tmp_path):
@@ -282,7 +285,7 @@ def test_paper_configs_build_for_every_variant_and_bank(datasets):
   # The JFT family: pre-training on a multi-label dataset, both methods,
   # and fine-tuning either on ImageNet.
   for module in (jft_vit, jft_adatape):
-    run = train.prepare(module.get_config(
+    run = assemble.prepare(module.get_config(
         f"dataset=fake_jft,data_dir={datasets['jft']},variant=B/16"))
     assert run.source.num_classes == JFT_CLASSES and run.source.multi_label
   for method in ("vit", "adatape"):
@@ -290,7 +293,7 @@ def test_paper_configs_build_for_every_variant_and_bank(datasets):
         f"init_from=/pretrained,method={method},"
         f"data_dir={datasets['tfrecord']}")
     assert config.data.image_size == 384 and config.optim.name == "sgd"
-    assert train.prepare(config).source.num_classes == 1000
+    assert assemble.prepare(config).source.num_classes == 1000
   points = []
   imagenet_adatape.sweep(lambda **kw: points.append(kw))
   assert len(points) == 12
@@ -299,7 +302,7 @@ def test_paper_configs_build_for_every_variant_and_bank(datasets):
     for key, value in point.items():
       section, name = key.split(".")
       config[section][name] = value
-    train.prepare(config)
+    assemble.prepare(config)
 
 
 def test_few_step_vit_training_on_imagenet2012(datasets, tmp_path):
@@ -429,10 +432,10 @@ def test_resample_grid_keeps_a_smooth_embedding():
   ramp = np.linspace(-1, 1, 4, dtype=np.float32)
   grid = (ramp[:, None, None] + 2 * ramp[None, :, None]) * np.ones(
       (1, 1, 3), np.float32)
-  out = train.resample_grid(grid.reshape(1, 16, 3), 64).reshape(8, 8, 3)
+  out = init_from.resample_grid(grid.reshape(1, 16, 3), 64).reshape(8, 8, 3)
   assert out.dtype == np.float32
   assert np.all(np.diff(out[2:6, 3, 0]) > 0) and np.all(
       np.diff(out[3, 2:6, 0]) > 0)
   np.testing.assert_allclose(out.mean(), grid.mean(), atol=1e-6)
   np.testing.assert_array_equal(
-      train.resample_grid(grid.reshape(1, 16, 3), 16), grid.reshape(1, 16, 3))
+      init_from.resample_grid(grid.reshape(1, 16, 3), 16), grid.reshape(1, 16, 3))

@@ -2,7 +2,6 @@
 
 import functools
 import glob
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from adatape import assemble
+from adatape import losses
 from adatape import optim
 from adatape import run_config
 from adatape import train
@@ -48,7 +49,7 @@ def _losses(workdir):
 
 def test_train_step_learns_a_fixed_batch():
   config = _tiny(**{"optim.learning_rate": 3e-3})
-  run = train.prepare(config)
+  run = assemble.prepare(config)
   tx = optim.create(run.optim, 100)
   state = train.init_state(jax.random.key(0), model=run.model, tx=tx,
                            input_shape=run.source.input_shape)
@@ -169,9 +170,7 @@ def _config_modules():
   for path in sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.py"))):
     if os.path.basename(os.path.dirname(path)) in ("digits", "imagenet", "jft"):
       continue
-    spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = run_config.config_module(path, "config")
     if hasattr(module, "get_config"):
       yield os.path.relpath(path, REPO), module
 
@@ -180,13 +179,13 @@ def test_every_config_and_sweep_point_builds():
   seen = 0
   for path, module in _config_modules():
     for arg in (None, "tiny"):
-      train.prepare(module.get_config(arg))
+      assemble.prepare(module.get_config(arg))
     for length in (16, 64):
-      train.prepare(module.get_config(f"seq_len={length}"))
+      assemble.prepare(module.get_config(f"seq_len={length}"))
     if path.endswith("acm.py"):
       for stage in ("distill", "gates", "finetune"):
         config = module.get_config(f"stage={stage},init=/some/run")
-        train.prepare(config)
+        assemble.prepare(config)
         assert config.init_from == "/some/run"
         assert (config.optim.trainable == "") == (stage == "finetune")
       with pytest.raises(run_config.ConfigError, match="stage"):
@@ -198,7 +197,7 @@ def test_every_config_and_sweep_point_builds():
     for point in points:
       config = module.get_config()
       config.update_from_flattened_dict(point)
-      train.prepare(config)
+      assemble.prepare(config)
     seen += 1
   assert seen == 16
 
@@ -227,26 +226,26 @@ def test_losses_take_class_indices_multi_hot_and_soft_targets():
   logits = jax.random.normal(jax.random.key(0), (5, 4))
   labels = np.array([0, 3, 1, 2, 2])
   onehot = jax.nn.one_hot(labels, 4)
-  for loss in train.LOSSES:
-    np.testing.assert_allclose(train.task_loss(logits, onehot, loss),
-                               train.task_loss(logits, labels, loss),
+  for loss in losses.LOSSES:
+    np.testing.assert_allclose(losses.task_loss(logits, onehot, loss),
+                               losses.task_loss(logits, labels, loss),
                                rtol=1e-6)
   # Mixup-style soft targets: the loss is the same mixture of the two.
   soft = 0.3 * onehot + 0.7 * onehot[::-1]
   np.testing.assert_allclose(
-      train.task_loss(logits, soft, "softmax_xent"),
-      0.3 * train.task_loss(logits, labels, "softmax_xent")
-      + 0.7 * train.task_loss(logits, labels[::-1], "softmax_xent"),
+      losses.task_loss(logits, soft, "softmax_xent"),
+      0.3 * losses.task_loss(logits, labels, "softmax_xent")
+      + 0.7 * losses.task_loss(logits, labels[::-1], "softmax_xent"),
       rtol=1e-5)
   # Multi-hot with sigmoid: a sum of per-class binary losses.
   multi = np.array([[1, 0, 1, 0]] * 5, np.float32)
   expected = -(multi * jax.nn.log_sigmoid(logits)
                + (1 - multi) * jax.nn.log_sigmoid(-logits)).sum(-1)
-  np.testing.assert_allclose(train.task_loss(logits, multi, "sigmoid_xent"),
+  np.testing.assert_allclose(losses.task_loss(logits, multi, "sigmoid_xent"),
                              expected, rtol=1e-5)
   # Precision@1 for targets: the top class must be a positive one.
   top = np.asarray(logits.argmax(-1))
-  np.testing.assert_array_equal(train.top1_correct(logits, multi),
+  np.testing.assert_array_equal(losses.top1_correct(logits, multi),
                                 (top == 0) | (top == 2))
-  np.testing.assert_array_equal(train.top1_correct(logits, labels),
+  np.testing.assert_array_equal(losses.top1_correct(logits, labels),
                                 top == labels)

@@ -1,10 +1,9 @@
 """Data sources, chosen by module name: `data.name=parity` is `data/parity.py`.
 
 A data module defines a frozen `Config` dataclass for the `data.*` keys and
-a `Source(config, *, seed, process_index, process_count)` with
-`input_shape`, `num_classes`, `train_batch(step, local_batch)` (a pure
-function of its arguments, which is what makes resume exact) and
-`eval_batches(local_batch)` (padded, with a `mask` key).
+a `Source(config, *, seed, process_index, process_count)`, a subclass of
+`Source` below: `HostSource` for data generated or held on the host, or
+`Source` itself for data streamed from disk (`stream.py`).
 """
 
 import abc
@@ -66,13 +65,18 @@ def padded_eval_batches(data: dict[str, np.ndarray], local_batch: int,
     yield batch
 
 
-class HostSource(abc.ABC):
-  """Base of sources generated on the host from (seed, split, step).
+class Source(abc.ABC):
+  """What the trainer needs of a data source.
 
-  Subclasses set `input_shape` and `num_classes` and define
-  `train_batch(step, local_batch)` and `eval_set()`; this class gives every
-  process its padded share of the eval set's `inputs` and `label`.
+  Attributes (set by subclasses):
+    config: the source's typed `data.*` section.
+    input_shape: the shape of one example.
+    num_classes: the classifier's output count.
   """
+
+  config: Any
+  input_shape: tuple[int, ...]
+  num_classes: int
 
   def __init__(self, config: Any, *, seed: int, process_index: int,
                process_count: int):
@@ -84,7 +88,30 @@ class HostSource(abc.ABC):
   @abc.abstractmethod
   def train_batch(self, step: int, local_batch: int
                   ) -> dict[str, np.ndarray]:
-    """This process's slice of the global batch of step `step`."""
+    """This process's slice of the global batch of step `step`: `inputs`
+    and `label`. A pure function of its arguments (and the seed), which is
+    what makes a resumed run continue exactly."""
+
+  @abc.abstractmethod
+  def eval_batches(self, local_batch: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of the eval set: `inputs`, `label`, a `mask`
+    (0 on padding rows; every process yields the same number of batches,
+    as collectives need) and any per-example fields the source describes
+    its examples with (`hops`, `values`), for analysis."""
+
+
+class HostSource(Source):
+  """Base of sources that hold their eval set in host memory.
+
+  Subclasses set `input_shape` and `num_classes` and define
+  `train_batch(step, local_batch)` and `eval_set()`; this class gives every
+  process its padded share of the eval set.
+  """
+
+  def __init__(self, config: Any, **kwargs):
+    super().__init__(config, **kwargs)
+    self._eval_data = None  # Generated on first use, then kept.
 
   @abc.abstractmethod
   def eval_set(self) -> dict[str, np.ndarray]:
@@ -92,11 +119,8 @@ class HostSource(abc.ABC):
 
   def eval_batches(self, local_batch: int
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of the eval set, padded, with a `mask` key."""
-    if not hasattr(self, "_eval_data"):
+    if self._eval_data is None:
       # Generated once: the set is fixed, and every eval reads all of it.
-      self._eval_data = {k: v for k, v in self.eval_set().items()
-                         if k in ("inputs", "label")}
-    data = self._eval_data
-    return padded_eval_batches(data, local_batch, self.process_index,
-                               self.process_count)
+      self._eval_data = self.eval_set()
+    return padded_eval_batches(self._eval_data, local_batch,
+                               self.process_index, self.process_count)

@@ -3,7 +3,8 @@
 Train: Inception crop (area 5-100%, aspect 3/4-4/3) resized to 224, random
 horizontal flip, RandAugment(2, 15), values in [-1, 1]; then mixup with
 alpha 0.5 on the batch. Eval: resize the short side to 256, centre crop 224,
-values in [-1, 1]. (spec section 4.2; the "How to train your ViT" recipe.)
+values in [-1, 1]. (The official AdaTape ImageNet config; the "How to
+train your ViT" recipe.)
 
 Every random op is *stateless*: it takes an explicit `[2]` int seed, and the
 input pipeline derives that seed from (run seed, step, example index), so a

@@ -1,4 +1,5 @@
-"""Parity data, generated on the host (spec section 5).
+"""Parity data, generated on the host (the official `parity_dataset.py`
+task, seeded from the config).
 
 Two variants:
   uniform  every element i.i.d. uniform in {+1, 0, -1} (the official AdaTape

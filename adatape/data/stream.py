@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from adatape import data as data_lib
 from adatape import run_config
 from adatape.data import image_ops
 from adatape.data import images
@@ -116,15 +117,13 @@ def label_kind(feature: Any, num_classes: int) -> tuple[int, str]:
   return count, kind
 
 
-class Source:
+class Source(data_lib.Source):
   """Streamed, augmented training batches and the padded eval split."""
 
   def __init__(self, config: Config, *, seed: int, process_index: int,
                process_count: int):
-    self.config = config
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
+    super().__init__(config, seed=seed, process_index=process_index,
+                     process_count=process_count)
     builder = images.prepared_builder(config)
     self._builder = builder
     features = builder.info.features

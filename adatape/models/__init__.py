@@ -1,14 +1,18 @@
 """Models, chosen by module name: `model.name=adatape` is `models/adatape.py`.
 
 Each model module defines a frozen `Config` dataclass (with an `encoder`
-field, plus `num_classes` and `input_shape` taken from the data) and a Linen
-`Model(config)` whose `__call__(inputs, *, train)` returns a ModelOutput.
-Adding a model is adding a module; nothing here changes.
+field, plus `num_classes` and `input_shape` taken from the data), a Linen
+`Model(config)` whose `__call__(inputs, *, train)` returns a ModelOutput,
+and `METRICS`, the per-example metrics that output carries (exactly one
+marked `cost`). A module with all three is a model; adding a model is
+adding a module, and nothing here changes.
 """
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
+import types
 from typing import Any
 
 import flax.linen as nn
@@ -16,15 +20,35 @@ import ml_collections
 
 from adatape import run_config
 from adatape.models import encoder
+from adatape.models import outputs
 from adatape.tape import config as tape_config
 
-_NOT_MODELS = ("encoder", "outputs", "stems")
+# What makes a module a model: the three names every trainer-facing tool
+# relies on.
+_MODEL_API = ("Config", "Model", "METRICS")
 
 
-def available() -> list[str]:
-  """Names of the model modules."""
-  return sorted(m.name for m in pkgutil.iter_modules(__path__)
-                if m.name not in _NOT_MODELS)
+def _module(name: str) -> types.ModuleType:
+  return importlib.import_module(f"adatape.models.{name}")
+
+
+@functools.cache
+def available() -> tuple[str, ...]:
+  """Names of the modules here that define a model (see `_MODEL_API`)."""
+  return tuple(sorted(
+      m.name for m in pkgutil.iter_modules(__path__)
+      if all(hasattr(_module(m.name), attr) for attr in _MODEL_API)))
+
+
+def metrics(name: str) -> tuple[outputs.Metric, ...]:
+  """The per-example metrics model `name` reports, GFLOPs included."""
+  run_config.check_choice("model.name", name, available())
+  return tuple(_module(name).METRICS) + (outputs.GFLOPS,)
+
+
+def cost_metric(name: str) -> outputs.Metric:
+  """The metric model `name` calls its compute used."""
+  return next(m for m in metrics(name) if m.cost)
 
 
 def build(config: ml_collections.ConfigDict, *, input_shape: tuple[int, ...],
@@ -41,8 +65,8 @@ def build(config: ml_collections.ConfigDict, *, input_shape: tuple[int, ...],
     The Linen model.
   """
   name = config.model.name
-  run_config.check_choice("model.name", name, tuple(available()))
-  module = importlib.import_module(f"adatape.models.{name}")
+  run_config.check_choice("model.name", name, available())
+  module = _module(name)
   values = config.model.to_dict()
   del values["name"]
   encoder_keys = {f.name for f in dataclasses.fields(encoder.EncoderConfig)}

@@ -1,4 +1,4 @@
-"""Adaptive Computation Modules (Wojcik et al. 2023; spec E).
+"""Adaptive Computation Modules (Wojcik et al. 2023, arXiv:2312.10193).
 
 Every block's MLP (width F) is replaced by K small learners of width F / K
 whose outputs are summed: h(z, k) = b + sum_{n <= k} s_n(z) for k >= 1 and
@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adatape import layers
 from adatape import run_config
 from adatape.models import encoder
 from adatape.models import flops
@@ -39,6 +40,9 @@ from adatape.models import stems
 
 STAGES = ("distill", "gates", "finetune")
 DETACH = ("detach", "no_detach")
+
+METRICS = (outputs.Metric("learners_used", "learners/token", "learners",
+                          cost=True),)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -170,7 +174,7 @@ class AcmBlock(nn.Module):
                           h_BxLxKxD)
       stats["choice"] = g_BxLxK
     else:
-      y = encoder.Mlp(enc.mlp_dim, enc.dropout, name="mlp")(z, train=train)
+      y = layers.Mlp(enc.mlp_dim, enc.dropout, name="mlp")(z, train=train)
       target = jax.lax.stop_gradient(y)
       if cfg.stage == "distill":
         stats["loss"] = jnp.mean(
@@ -238,6 +242,6 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=aux_B,
-        ponder_steps_B=fraction_B * cfg.num_learners,
         flops_B=flops_B,
+        metrics_B={"learners_used": fraction_B * cfg.num_learners},
         token_depth_BxL=k_BxL * valid)

@@ -22,6 +22,12 @@ from adatape.models import outputs
 from adatape.models import stems
 from adatape.tape import banks
 
+METRICS = (
+    outputs.Metric("tape_length", "tape tokens", "tape",
+                   cost=True, spread=True),
+    outputs.Metric("atr_loss", "ATR loss, unweighted, summed over steps"),
+)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(stems.ClassifierConfig):
@@ -33,7 +39,8 @@ class Config(stems.ClassifierConfig):
     posemb: default False (parity is permutation invariant).
     bank_patch_size: patch size of the input-driven image bank.
     pool_include_padded_tape: average over all slots, padded ones included,
-      as the official code did (bug B3). For measurement only.
+      as the official code did (pooled features then depend on the
+      batch). For measurement only.
     bank_posemb: learned position embeddings on a sequence bank's entries
       (off for parity, which is permutation invariant; on for pointer-value
       retrieval, whose pointers are positions).
@@ -106,10 +113,9 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.tape.loss_weight * atr_loss_B,
-        tape_length_B=sum(lengths),
-        tape_mask_BxT=jnp.concatenate(tape_masks, axis=1),
-        atr_loss_B=atr_loss_B,
         flops_B=flops_B,
+        metrics_B={"tape_length": sum(lengths), "atr_loss": atr_loss_B},
+        tape_mask_BxT=jnp.concatenate(tape_masks, axis=1),
         bank_reads_BxM=reads_BxM)
 
 

@@ -1,4 +1,4 @@
-"""ALBERT-style per-token ACT depth (Simoulin & Crabbe 2021; spec D).
+"""ALBERT-style per-token ACT depth (Simoulin & Crabbe 2021).
 
 One shared block is iterated up to `encoder.depth` times. Unlike the
 Universal Transformer, the halting unit reads the block *output*
@@ -26,6 +26,11 @@ from adatape.models import encoder
 from adatape.models import flops
 from adatape.models import outputs
 from adatape.models import stems
+
+METRICS = (
+    outputs.Metric("updates", "updates/token", "updates", cost=True),
+    outputs.Metric("ponder_cost", "ponder cost N + R per token"),
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,7 +95,7 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.time_penalty * cost_sum_B,
-        ponder_cost_B=cost_sum_B / count_B,
-        ponder_steps_B=(act.updates * valid).sum(1) / count_B,
         flops_B=flops_B,
+        metrics_B={"updates": (act.updates * valid).sum(1) / count_B,
+                   "ponder_cost": cost_sum_B / count_B},
         token_depth_BxL=act.updates * valid)

@@ -1,4 +1,4 @@
-"""A-ViT: adaptive token halting over the layers of a ViT (spec C).
+"""A-ViT: adaptive token halting over the layers of a ViT (Yin et al. 2022).
 
 Each token carries ACT state across the L = `encoder.depth` layers (not
 shared). After layer l, a token's halting score is read, without new
@@ -34,6 +34,11 @@ from adatape.models import encoder
 from adatape.models import flops
 from adatape.models import outputs
 from adatape.models import stems
+
+METRICS = (
+    outputs.Metric("layers_used", "layers/token", "layers", cost=True),
+    outputs.Metric("ponder_cost", "ponder cost N + R per token"),
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,7 +128,6 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.ponder_weight * cost_B + cfg.distr_weight * distr_B,
-        ponder_cost_B=cost_B,
-        ponder_steps_B=depth_B,
         flops_B=flops_B,
+        metrics_B={"layers_used": depth_B, "ponder_cost": cost_B},
         token_depth_BxL=act.updates * valid)

@@ -14,11 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adatape import layers
 from adatape import run_config
-
-_KERNEL_INIT = nn.initializers.xavier_uniform()
-_BIAS_INIT = nn.initializers.normal(stddev=1e-6)
-
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -54,39 +51,6 @@ class EncoderConfig:
       check(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
 
 
-class Mlp(nn.Module):
-  """Dense -> GELU -> Dropout -> Dense -> Dropout."""
-
-  hidden: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    width = x.shape[-1]
-    y = nn.Dense(self.hidden, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT)(x)
-    y = nn.gelu(y)
-    y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = nn.Dense(width, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT)(y)
-    return nn.Dropout(self.dropout)(y, deterministic=not train)
-
-
-class GluMlp(nn.Module):
-  """Gated MLP used for tape tokens: Dense(2H) -> a * sigmoid(b) -> Dense."""
-
-  hidden: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    width = x.shape[-1]
-    y = nn.Dense(2 * self.hidden, kernel_init=_KERNEL_INIT,
-                 bias_init=_BIAS_INIT)(x)
-    y = nn.glu(y, axis=-1)
-    y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = nn.Dense(width, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT)(y)
-    return nn.Dropout(self.dropout)(y, deterministic=not train)
-
-
 def attention_mask(mask_BxL: jax.Array) -> jax.Array:
   """Key-padding mask `[B, 1, 1, L]` for MultiHeadDotProductAttention."""
   return mask_BxL[:, None, None, :]
@@ -104,7 +68,7 @@ def attention_sublayer(cfg: EncoderConfig, x_BxLxD: jax.Array,
   y = nn.LayerNorm(name="norm_attention")(x_BxLxD)
   y = nn.MultiHeadDotProductAttention(
       num_heads=cfg.num_heads,
-      kernel_init=_KERNEL_INIT,
+      kernel_init=layers.KERNEL_INIT,
       dropout_rate=cfg.attention_dropout,
       deterministic=not train,
       name="attention")(y, y, mask=attention_mask(mask_BxL))
@@ -115,7 +79,8 @@ class EncoderBlock(nn.Module):
   """Pre-LN block: x + Attn(LN(x)); then x + FFN(LN(x)).
 
   With `tape_mlp_dim` > 0, positions from `num_main` on (the tape) use a
-  separate GLU FFN while attention and LayerNorms stay shared (spec 3.3).
+  separate GLU FFN while attention and LayerNorms stay shared (the
+  official `enc_tt_mlp_dim`, drawn in the paper's Figure 1).
   """
 
   config: EncoderConfig
@@ -130,22 +95,15 @@ class EncoderBlock(nn.Module):
     y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
     has_tape = x_BxLxD.shape[1] > num_main
     if self.tape_mlp_dim and has_tape:
-      main = Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(
+      main = layers.Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(
           y[:, :num_main], train=train)
-      tape = GluMlp(self.tape_mlp_dim, self.tape_dropout, name="tape_mlp")(
+      tape = layers.GluMlp(self.tape_mlp_dim, self.tape_dropout,
+                           name="tape_mlp")(
           y[:, num_main:], train=train)
       y = jnp.concatenate([main, tape], axis=1)
     else:
-      y = Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(y, train=train)
+      y = layers.Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(y, train=train)
     return x_BxLxD + y
-
-
-def masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
-  """Mean over the valid positions of each example (bug B3's fix)."""
-  weights_BxL = mask_BxL.astype(x_BxLxD.dtype)
-  total_BxD = jnp.einsum("bl,bld->bd", weights_BxL, x_BxLxD)
-  count_Bx1 = jnp.maximum(weights_BxL.sum(axis=1, keepdims=True), 1.0)
-  return total_BxD / count_Bx1
 
 
 def pool(x_BxLxD: jax.Array, mask_BxL: jax.Array, classifier: str
@@ -153,7 +111,7 @@ def pool(x_BxLxD: jax.Array, mask_BxL: jax.Array, classifier: str
   """`gap`: masked mean; `token`: position 0."""
   if classifier == "token":
     return x_BxLxD[:, 0]
-  return masked_mean(x_BxLxD, mask_BxL)
+  return layers.masked_mean(x_BxLxD, mask_BxL)
 
 
 class Head(nn.Module):

@@ -1,4 +1,4 @@
-"""Hyper-UT: a Universal Transformer whose FFN weights are generated (spec F).
+"""Hyper-UT: a Universal Transformer whose FFN weights are generated.
 
 The paper (arXiv 2310.08866) gives no equations for its Hyper-Modules, so
 this follows the spec's reading of it: the shared block's FFN matrices are
@@ -22,10 +22,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adatape import layers
 from adatape import run_config
 from adatape.models import encoder
 from adatape.models import flops
 from adatape.models import universal_transformer
+
+METRICS = universal_transformer.METRICS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,7 +78,7 @@ class HyperBlock(nn.Module):
                                                    train)
     y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
     query_BxR = nn.Dense(self.router_dim, name="router_query")(
-        encoder.masked_mean(y, mask_BxL))
+        layers.masked_mean(y, mask_BxL))
     keys_MxR = self.param("router_keys", nn.initializers.normal(1.0),
                           (m, self.router_dim))
     alpha_BxM = jax.nn.softmax(

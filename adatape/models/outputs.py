@@ -1,8 +1,43 @@
-"""ModelOutput: what every model returns, by name, never by position."""
+"""What every model returns, by name, and the metrics it names itself.
 
-from typing import NamedTuple
+A model module declares `METRICS`, the per-example quantities its output
+carries in `ModelOutput.metrics_B` (tape length, ACT steps, learners used,
+...). The trainer logs each as `train/NAME` and `eval/NAME`, the console
+prints those with a label, and the tools that plot accuracy against
+compute (the budget knob, sweeps, method tables) read the one marked
+`cost`. Adding a method therefore touches its own module only.
+"""
+
+import dataclasses
+from typing import Mapping, NamedTuple
 
 import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A per-example quantity a model reports under its own name.
+
+  Attributes:
+    name: the key in `ModelOutput.metrics_B`; logged as `train/NAME` and
+      `eval/NAME` (means over examples).
+    description: what it counts, for table columns and plot axes.
+    label: short console label; empty: not printed on the progress line.
+    cost: the method's own measure of compute used: what the budget knob
+      and sweeps plot accuracy against, and tables call "compute used".
+    spread: also log the variance over examples (`NAME_var`), for
+      quantities whose spread is itself of interest (AdaTape's tape length).
+  """
+
+  name: str
+  description: str
+  label: str = ""
+  cost: bool = False
+  spread: bool = False
+
+
+# Every model returns `flops_B`; the trainer logs it as this metric.
+GFLOPS = Metric("gflops", "analytic encoder GFLOPs per example")
 
 
 class ModelOutput(NamedTuple):
@@ -13,17 +48,12 @@ class ModelOutput(NamedTuple):
     aux_loss_B: the method's own regulariser per example, already weighted
       (lambda * ATR loss for AdaTape, tau * ponder cost for ACT); the
       training loss adds its batch mean. Zeros for models without one.
-    tape_length_B: valid tape tokens per example (AdaTape).
-    tape_mask_BxT: which tape slots are valid (AdaTape).
-    atr_loss_B: unweighted ATR loss (AdaTape).
-    ponder_cost_B: mean over valid tokens of N + R (ACT models).
-    ponder_steps_B: mean over valid tokens of N (ACT models); layers used
-      (A-ViT, ALBERT-ACT); the halting step (PonderNet); learners used per
-      token and module (ACM).
     flops_B: analytic forward FLOPs of the encoder per example, counting
       only the work the method's decisions require (tokens still running,
       tape tokens read, learners chosen) plus its own overhead (reader,
       halting units, gates, routers); see `models/flops.py`.
+    metrics_B: the model's declared `METRICS`, `[B]` each, by name.
+    tape_mask_BxT: which tape slots are valid (AdaTape).
     token_depth_BxL: per-token number of layers or steps used (`updates`),
       for depth maps.
     step_logits_SxBxC: PonderNet's prediction at every step.
@@ -36,13 +66,18 @@ class ModelOutput(NamedTuple):
 
   logits: jax.Array
   aux_loss_B: jax.Array
-  tape_length_B: jax.Array | None = None
+  flops_B: jax.Array
+  metrics_B: Mapping[str, jax.Array]
   tape_mask_BxT: jax.Array | None = None
-  atr_loss_B: jax.Array | None = None
-  ponder_cost_B: jax.Array | None = None
-  ponder_steps_B: jax.Array | None = None
-  flops_B: jax.Array | None = None
   token_depth_BxL: jax.Array | None = None
   step_logits_SxBxC: jax.Array | None = None
   step_log_probs_BxS: jax.Array | None = None
   bank_reads_BxM: jax.Array | None = None
+
+
+def per_example_metrics(out: ModelOutput) -> dict[str, jax.Array]:
+  """Every metric of `out` as float32 `[B]`, GFLOPs included."""
+  values = {name: value.astype("float32")
+            for name, value in out.metrics_B.items()}
+  values[GFLOPS.name] = out.flops_B.astype("float32") / 1e9
+  return values

@@ -1,4 +1,4 @@
-"""PonderNet (Banino et al. 2021) over a shared Transformer block (spec B).
+"""PonderNet (Banino et al. 2021) over a shared Transformer block.
 
 A shared pre-LN block is applied up to S = `encoder.depth` times. After
 step n the pooled state gives a prediction y_n and a conditional halting
@@ -31,6 +31,10 @@ from adatape.models import outputs
 from adatape.models import stems
 
 EVAL_HALTING = ("most_likely", "sample")
+
+# In training the expected halting step under p; at evaluation the step
+# whose prediction is used.
+METRICS = (outputs.Metric("halting_step", "steps", "step", cost=True),)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,7 +115,7 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.beta * kl_B,
-        ponder_steps_B=steps_B,
         flops_B=steps_B * per_step,
+        metrics_B={"halting_step": steps_B},
         step_logits_SxBxC=step_logits_SxBxC,
         step_log_probs_BxS=log_p_BxS)

@@ -3,7 +3,8 @@
   sequence  one token per element (Dense), optional learned positions;
             the standard Transformer on sequence tasks.
   flatten   the whole sequence as a single token (Dense of the flattened
-            input); AdaTape's parity stem (spec 2.3), which must read the
+            input); AdaTape's parity stem (the official `AdaTapeParity`),
+            which must read the
             elements through the tape.
   patches   ViT patch embedding (conv stride P) plus learned positions.
 
@@ -107,6 +108,12 @@ class ClassifierConfig:
     check_input(self.stem, self.input_shape, self.patch_size)
     run_config.check_choice("model.classifier", self.classifier,
                             ("gap", "token"))
+
+  @property
+  def image_grid(self) -> bool:
+    """Whether position embeddings lie on a square patch grid, which a
+    fine-tune at another resolution resamples (`adatape/init_from.py`)."""
+    return self.stem == "patches"
 
   def make_stem(self) -> Stem:
     """The stem module; call inside the model's compact `__call__`."""

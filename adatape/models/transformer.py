@@ -11,6 +11,10 @@ from adatape.models import flops
 from adatape.models import outputs
 from adatape.models import stems
 
+# Every example runs every layer; reported so that tables compare compute
+# in each method's own unit.
+METRICS = (outputs.Metric("layers", "layers", cost=True),)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(stems.ClassifierConfig):
@@ -36,4 +40,5 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=cfg.classify(x, mask_BxL),
         aux_loss_B=jnp.zeros((x.shape[0],), jnp.float32),
-        flops_B=enc.depth * flops.block(enc.width, enc.mlp_dim, tokens))
+        flops_B=enc.depth * flops.block(enc.width, enc.mlp_dim, tokens),
+        metrics_B={"layers": jnp.full(x.shape[:1], enc.depth, jnp.float32)})

@@ -1,4 +1,4 @@
-"""Universal Transformer with Adaptive Computation Time (baselines spec A).
+"""Universal Transformer with Adaptive Computation Time (Dehghani et al. 2019).
 
 One shared pre-LN block is applied up to `encoder.depth` times. Before each
 application a learned step embedding is added; a halting unit (Dense -> 1,
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from adatape import halting
+from adatape import layers
 from adatape import run_config
 from adatape.models import encoder
 from adatape.models import flops
@@ -24,6 +25,11 @@ from adatape.models import outputs
 from adatape.models import stems
 
 ACT_LEVELS = ("per_token", "per_example")
+
+METRICS = (
+    outputs.Metric("act_steps", "steps/token", "steps", cost=True),
+    outputs.Metric("ponder_cost", "ponder cost N + R per token"),
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,7 +95,7 @@ class _Step(nn.Module):
       prob = nn.sigmoid(halting_unit(stepped)[..., 0])
     else:
       prob = nn.sigmoid(
-          halting_unit(encoder.masked_mean(stepped, mask_BxL))[..., 0])
+          halting_unit(layers.masked_mean(stepped, mask_BxL))[..., 0])
     keys_B = mask_BxL.sum(1).astype(jnp.float32)
     running = halting.running(act)
     tokens_B = running.sum(1) if running.ndim == 2 else running * keys_B
@@ -140,7 +146,6 @@ class Model(nn.Module):
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.act_loss_weight * cost,
-        ponder_cost_B=cost,
-        ponder_steps_B=steps,
         flops_B=flops_B,
+        metrics_B={"act_steps": steps, "ponder_cost": cost},
         token_depth_BxL=depth_BxL)

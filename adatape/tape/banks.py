@@ -12,7 +12,7 @@ import jax
 
 
 class LearnableBank(nn.Module):
-  """M learnable vectors shared by all examples (spec section 2.1)."""
+  """M learnable vectors shared by all examples (`bank_type='learn'`)."""
 
   size: int
   width: int
@@ -26,7 +26,7 @@ class LearnableBank(nn.Module):
 
 
 class SequenceBank(nn.Module):
-  """One bank entry per input element: a Dense embedding (spec section 2.3).
+  """One bank entry per input element: a Dense embedding (official parity).
 
   For parity the input is one-hot `[B, S, C]`, so the bank is `[B, S, D]`,
   without position embeddings (the task is permutation invariant). With
@@ -47,7 +47,7 @@ class SequenceBank(nn.Module):
 
 
 class PatchBank(nn.Module):
-  """Finer patches of the raw image (spec section 2.2).
+  """Finer patches of the raw image (the official ImageNet input bank).
 
   A patch-`patch_size` convolution, its own learned position embedding and a
   Dense layer: `[B, H, W, 3]` -> `[B, (H/P)(W/P), D]`.

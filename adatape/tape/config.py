@@ -1,5 +1,9 @@
 """TapeConfig: every AdaTape knob, typed and validated once.
 
+Its defaults are the official ImageNet configuration's (key split aside,
+which is per model), and the one source of every tape default: config
+files build their `tape` section from them (`configs/methods.py:tape`).
+
 The names follow the paper's symbols (T, p, epsilon) where the official code's
 names were misleading: `epsilon` is the halting *threshold*, 2.0 in the
 official ImageNet config, not a small number.
@@ -31,13 +35,18 @@ class TapeConfig:
     complex_query: True: q <- (q + key of read token) / 2; False: q <- key.
     query_noise: std of Gaussian noise added to the query in training.
     bank_dropout: probability of hiding each bank entry for one example.
-    key_split: s; the first width / s channels are the keys.
-    layers: encoder block indices before which a tape is appended.
+    key_split: s; the first width / s channels are the keys. The official
+      configuration sets s = number of heads (d_k = the head width), which
+      depends on the model: configs pass it (`configs/methods.py:tape`).
+    layers: encoder block indices before which a tape is appended (the
+      official (1,): after the first block, which then sees only the main
+      tokens).
     mlp_dim: hidden size of the GLU tape MLP applied after reading (0: off).
     encoder_mlp_dim: hidden size of the separate GLU tape FFN inside encoder
       blocks (0: tape tokens share the main FFN).
     dropout: dropout rate of both tape MLPs.
-    legacy_flat_gather: reproduce the official code's flat gather (bug B2)
+    legacy_flat_gather: reproduce the official code's flat gather of the
+      selected scores
       that makes every example read example 0's scores. For measurement only.
     early_stop: skip reading steps once the whole batch has halted. The
       output is identical either way; only the work differs.
@@ -56,7 +65,7 @@ class TapeConfig:
   query_noise: float = 0.0
   bank_dropout: float = 0.0
   key_split: int = 1
-  layers: tuple[int, ...] = (0,)
+  layers: tuple[int, ...] = (1,)
   mlp_dim: int = 0
   encoder_mlp_dim: int = 0
   dropout: float = 0.0
@@ -120,7 +129,8 @@ class TapeConfig:
     return self.num_candidates * self.num_steps
 
   def check_bank(self, bank_size: int, width: int, what: str) -> None:
-    """Rejects banks too small to read from without reuse (bug B12)."""
+    """Rejects banks too small to read from without reuse (the official
+    code then silently re-selected entries it had already read)."""
     need = self.entries_read()
     run_config.check(
         need <= bank_size,

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adatape.models import encoder
+from adatape import layers
 from adatape.tape import config as tape_config
 from adatape.tape import reader
 
@@ -27,7 +27,7 @@ class TapeAppender(nn.Module):
     if cfg.query_type == "token":
       query_BxD = x_BxLxD[:, 0]
     else:
-      query_BxD = encoder.masked_mean(x_BxLxD, mask_BxL)
+      query_BxD = layers.masked_mean(x_BxLxD, mask_BxL)
     if train and cfg.query_noise > 0:
       noise = jax.random.normal(self.make_rng("dropout"), query_BxD.shape)
       query_BxD = query_BxD + cfg.query_noise * noise
@@ -36,14 +36,14 @@ class TapeAppender(nn.Module):
       dropped_BxM = jax.random.bernoulli(
           self.make_rng("dropout"), cfg.bank_dropout,
           (x_BxLxD.shape[0], bank.shape[-2]))
-    # One LayerNorm for the query and every bank entry (spec section 1.3).
+    # One LayerNorm for the query and every bank entry, as officially.
     norm = nn.LayerNorm(name="bank_norm")
     readout = reader.read_tape(
         norm(query_BxD.astype(jnp.float32)), norm(bank.astype(jnp.float32)),
         cfg, dropped_BxM)
     tokens = readout.tokens_BxTxD.astype(x_BxLxD.dtype)
     if cfg.mlp_dim:
-      tokens = encoder.GluMlp(cfg.mlp_dim, cfg.dropout, name="tape_mlp")(
+      tokens = layers.GluMlp(cfg.mlp_dim, cfg.dropout, name="tape_mlp")(
           tokens, train=train)
       tokens = jnp.where(readout.mask_BxT[..., None], tokens, 0.0)
     return readout._replace(tokens_BxTxD=tokens)

@@ -3,12 +3,12 @@
 `read_tape` takes an already-normalised query and bank and returns a typed
 `TapeReadout`. There are no parameters inside, so it runs the same way in
 `init` and `apply`, under `jit`, `grad` and any sharding (the official code
-needed an init-mode special case for its `nn.cond`; bug B5).
+needed an init-mode special case for its `nn.cond`).
 
-One reading step (spec section 1.5, with the official bugs fixed):
+One reading step (the official `layers.py`, with its bugs fixed):
   scores a = q . keys^T over the bank; entries already read are excluded
-  with -inf (B12); the top K = floor(T / epsilon) are taken *per example*
-  (B2: the official flat gather made every example use example 0's scores),
+  with -inf (officially -1e9, so they could be re-read); the top K = floor(T / epsilon) are taken *per example*
+  (the official flat gather made every example use example 0's scores),
   weighted by softmax(a_top / sqrt(d_k)) and merged into tape token(s); the
   halting sum grows by the top-p weights until it reaches epsilon.
 
@@ -85,8 +85,8 @@ def _merge(weights_BxK: jax.Array, cand_BxKxD: jax.Array,
            tokens_per_step: int) -> jax.Array:
   """Weighted merge of the K candidates into p tokens, [B, p, D].
 
-  With p = 1 this is the official merge sum_j w_j v_j. With p > 1 (bug B4:
-  undefined in the official code) each group is a convex combination of its
+  With p = 1 this is the official merge sum_j w_j v_j. With p > 1 (which
+  crashes in the official code) each group is a convex combination of its
   candidates, so every emitted token has the scale of a bank entry.
   """
   if tokens_per_step == 1:
@@ -105,7 +105,7 @@ def read_tape(query_BxD: jax.Array,
   """Reads a tape of up to T tokens from `bank` for each example.
 
   Args:
-    query_BxD: the normalised query (spec section 1.3: LN of pooled stream).
+    query_BxD: the normalised query (LayerNorm of the pooled stream).
     bank: the normalised bank, [M, D] (shared) or [B, M, D] (per example).
       Its first D / key_split channels are the keys; values are the whole
       vectors.
@@ -177,7 +177,7 @@ def read_tape(query_BxD: jax.Array,
 
   # Halting bookkeeping, vectorised over steps (fewer ops inside the loop).
   # An example runs at step t while its halting sum before t is below
-  # epsilon; the step that crosses epsilon is its last (spec 1.5, 7-10).
+  # epsilon; the step that crosses epsilon is its last.
   # `before_SxB` are the loop's own sequential sums, so the decisions are
   # bit-identical to a step-by-step implementation.
   running_SxB = before_SxB < eps
@@ -192,7 +192,8 @@ def read_tape(query_BxD: jax.Array,
       batch, config.num_tokens, width)
   length_B = steps_B * p
   mask_BxT = jnp.arange(config.num_tokens)[None, :] < length_B[:, None]
-  # Zero the slots past each example's length (bug B3): what a halted
+  # Zero the slots past each example's length (officially left as they
+  # were, so pooled features depended on the batch): what a halted
   # example's later steps computed must not depend on the rest of the batch.
   tokens_BxTxD = jnp.where(mask_BxT[..., None], tokens_BxTxD, 0.0)
   return TapeReadout(
@@ -210,7 +211,8 @@ def _read_fixed(query_BxDk: jax.Array, keys: jax.Array, bank: jax.Array,
   """Non-adaptive reading: the top-T bank entries by score, every time.
 
   The forward value is exactly the selected (normalised) bank entries, as in
-  the official fallback. Unlike it (bug B9), the selection gets a gradient:
+  the official fallback. Unlike it (a hard top-T, so the selection got no
+  gradient), the selection gets a gradient:
   each token is scaled by w / stop_gradient(w) with w = softmax over the
   selected scores, which is 1 in value and d log w in derivative.
   """

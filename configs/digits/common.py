@@ -18,7 +18,7 @@ and augmentation, a different reader).
 import ml_collections
 
 from adatape import run_config
-from configs import synthetic
+from configs import shared
 
 WIDTH, DEPTH, HEADS, MLP_DIM = 64, 4, 4, 256
 PATCH = 8
@@ -34,7 +34,7 @@ def parse(arg: str | None) -> ml_collections.ConfigDict:
 
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Data, budget and optimizer; no model."""
-  c = synthetic.base(args.steps or 2000, "softmax_xent")
+  c = shared.run(args.steps or 2000, "softmax_xent")
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
   c.data = ml_collections.ConfigDict(dict(
@@ -50,11 +50,11 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model(name: str, **extra) -> ml_collections.ConfigDict:
-  return synthetic.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, stem="patches",
+  return shared.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, stem="patches",
                            patch_size=PATCH, classifier="gap", posemb=True,
                            head_bias_init=0.0, **extra)
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:
-  synthetic.shrink(c)
+  shared.shrink(c)
   del c.data.eval_examples  # The eval set is the whole test split.

@@ -1,4 +1,5 @@
-r"""AdaTape-ViT on ImageNet-1K: the official configuration (spec 4.2).
+r"""AdaTape-ViT on ImageNet-1K: the official configuration
+(`imagenet_adatape_vit_config.py` in scenic's AdaTape project).
 
 Run:
   python -m adatape.main \
@@ -13,7 +14,7 @@ update, appended before block 1; the tape-token MLP has the encoder's MLP
 width; the separate tape FFN in the encoder is off; the key split is the
 head count.
 - bank=input (the released setting): the bank is the image cut into 8x8
-  patches by its own conv, position embedding and Dense (spec 2.2): 784
+  patches by its own conv, position embedding and Dense: 784
   entries at 224 px.
 - bank=learn: 10,000 learnable vectors (the config's `tape_bank_size`).
 

@@ -1,4 +1,4 @@
-"""What the ImageNet-1K configs share: the official recipe (spec 4.2).
+"""What the ImageNet-1K configs share: the official AdaTape/ViT recipe.
 
 Data: TFDS `imagenet2012` from its manual-download directory, prepared once
 (nothing is downloaded at run time):
@@ -24,7 +24,7 @@ Config args: `variant=S/16` (Ti, S, B or L, slash, patch size), `data_dir=`,
 import ml_collections
 
 from adatape import run_config
-from configs import synthetic
+from configs import shared
 
 # name: (width, depth, heads, MLP width), the ViT sizes of the official code.
 VARIANTS = {"Ti": (192, 12, 3, 768), "S": (384, 12, 6, 1536),
@@ -52,7 +52,7 @@ def parse(arg: str | None, epochs: int = 300, **extra
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Data, budget and optimizer of the official recipe; no model."""
   steps = args.epochs * (TRAIN_EXAMPLES // args.batch)
-  c = synthetic.base(steps, "sigmoid_xent")
+  c = shared.run(steps, "sigmoid_xent")
   c.seed = 42
   c.batch_size = args.batch
   c.eval_batch_size = args.batch
@@ -74,14 +74,14 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def model(name: str, variant: str, **extra) -> ml_collections.ConfigDict:
   size, patch = variant.split("/")
-  return synthetic.encoder(name, *VARIANTS[size], stem="patches",
+  return shared.encoder(name, *VARIANTS[size], stem="patches",
                            patch_size=int(patch), classifier="gap",
                            posemb=True, head_bias_init=-6.9, **extra)
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:
   """A seconds-long run on a small prepared dataset (tests)."""
-  synthetic.shrink(c)
+  shared.shrink(c)
   del c.data.eval_examples  # The eval set is the whole eval split.
   c.model.depth = 2
   c.model.patch_size = 8

@@ -7,7 +7,7 @@ Run (any jax devices; a TPU slice through launch/tpu.py):
 Variants: Ti/16, S/16, B/16, B/32, L/16 (any NAME/PATCH).
 
 The AdaTape paper's ViT baselines use this recipe; it reports AdaTape-S/16
-against ViT-S/16 and AdaTape-B/16 against ViT-B/16 (spec section 6 has
+against ViT-S/16 and AdaTape-B/16 against ViT-B/16 (the paper's Table has
 the numbers that were read, and which were not). What we measured is in
 experiments/results (imagenet_table.py collects finished runs).
 """

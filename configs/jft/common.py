@@ -14,7 +14,7 @@ files, with their dataset_info.json), named by the config args:
   train_split=train, eval_split=validation, examples=N (the train split's
   size, for epochs), epochs=7, variant=B/16, batch=4096, tiny.
 
-Recipe (the AdaTape release has no JFT config, spec 4.3; these are the ViT
+Recipe (the AdaTape release has no JFT config; these are the ViT
 paper's JFT-300M pre-training values, Dosovitskiy et al. 2021, Table 3):
 Adam (b1 0.9, b2 0.999) with decoupled weight decay 0.1, batch 4096,
 10k warmup steps then linear decay to 0, 7 epochs; peak LR 8e-4 for B

@@ -1,4 +1,4 @@
-r"""Adaptive Computation Modules (baselines spec E) converted from a parity
+r"""Adaptive Computation Modules (Wojcik et al. 2023) converted from a parity
 Transformer, in three runs.
 
 Each stage starts from the previous stage's workdir (`init=`); the first

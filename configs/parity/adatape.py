@@ -1,4 +1,4 @@
-r"""AdaTape on parity (spec 2.3): one flattened main token, read by the tape.
+r"""AdaTape on parity: one flattened main token, read by the tape.
 
 The main input is the whole sequence as a single token; the bank holds one
 embedding per element; the reader appends up to T = 8 of them (merged K = T /
@@ -18,6 +18,7 @@ metrics.jsonl; 12000 steps in 152.7 s); mean tape length 6.9-7.2 of 8.
 
 import ml_collections
 
+from configs import methods
 from configs.parity import common
 
 # Per sequence length: (T, epsilon). K * T = T^2 / epsilon must fit the bank
@@ -32,29 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          posemb=False, head_bias_init=0.0,
                          pool_include_padded_tape=False)
   num_tokens, epsilon = TAPE_FOR_LENGTH.get(args.seq_len, (8, 2.0))
-  c.tape = ml_collections.ConfigDict(dict(
-      bank="input",
-      bank_size=0,
-      num_tokens=num_tokens,
-      tokens_per_step=1,
-      epsilon=epsilon,
-      adaptive=True,
-      loss_type="entropy",
-      loss_weight=0.01,
-      query_type="gap",
-      complex_query=True,
-      query_noise=0.0,
-      bank_dropout=0.0,
+  c.tape = methods.tape(
+      num_tokens=num_tokens, epsilon=epsilon,
       # d_k = width / heads, as the official config's split_tt = heads.
-      key_split=common.HEADS,
-      # After block 0: as accurate as before it, and ~1.8x faster.
-      layers=(1,),
-      mlp_dim=0,
-      encoder_mlp_dim=0,
-      dropout=0.0,
-      legacy_flat_gather=False,
-      early_stop=False,
-  ))
+      key_split=common.HEADS)
   if args.tiny:
     common.shrink(c)
     c.tape.num_tokens, c.tape.epsilon = 4, 2.0

@@ -1,4 +1,4 @@
-r"""ALBERT-style per-token ACT depth (baselines spec D) on parity.
+r"""ALBERT-style per-token ACT depth (Simoulin & Crabbe 2021) on parity.
 
 One shared block iterated up to 2 * depth times; halted tokens frozen.
 Same data, budget and width as the other parity models (common.py).

@@ -1,4 +1,4 @@
-r"""A-ViT token halting (baselines spec C) on sequence tokens on parity.
+r"""A-ViT token halting (Yin et al. 2022) on sequence tokens on parity.
 
 2 * depth unshared layers, so the halting has depth to choose from.
 Same data, budget and width as the other parity models (common.py).

@@ -11,7 +11,7 @@ Config args (after `:` in `--config=...`): `seq_len=N`, `variant=graves`,
 import ml_collections
 
 from adatape import run_config
-from configs import synthetic
+from configs import shared
 
 # Shared width/depth of all parity models: the prototype's size.
 WIDTH, DEPTH, HEADS, MLP_DIM = 64, 2, 4, 256
@@ -26,7 +26,7 @@ def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Data, budget and optimizer; no model."""
   # The official AdaTape loss: sigmoid cross-entropy summed over classes.
-  c = synthetic.base(args.steps or 12000, "sigmoid_xent")
+  c = shared.run(args.steps or 12000, "sigmoid_xent")
   c.data = ml_collections.ConfigDict()
   c.data.name = "parity"
   c.data.seq_len = args.seq_len
@@ -37,10 +37,10 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def model(name: str, **extra) -> ml_collections.ConfigDict:
   """The shared encoder size plus model-specific keys."""
-  return synthetic.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, **extra)
+  return shared.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, **extra)
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:
   """A run of seconds for tests: tiny model, data and schedule."""
-  synthetic.shrink(c)
+  shared.shrink(c)
   c.data.seq_len = 8

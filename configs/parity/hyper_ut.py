@@ -1,4 +1,4 @@
-r"""Hyper-UT (baselines spec F) on parity.
+r"""Hyper-UT on parity.
 
 UT-ACT (up to 2 * depth steps) with an FFN generated from a pool of 4.
 Same data, budget and width as the other parity models (common.py).

@@ -1,4 +1,4 @@
-r"""PonderNet (baselines spec B) on parity.
+r"""PonderNet (Banino et al. 2021) on parity.
 
 A shared block for up to 2 * depth steps, halting per example.
 Same data, budget and width as the other parity models (common.py).

@@ -1,4 +1,4 @@
-r"""Universal Transformer with per-token ACT on parity (baselines spec A).
+r"""Universal Transformer with per-token ACT on parity.
 
 One shared block applied up to `depth` = 4 times (twice the other models'
 depth, as tensor2tensor's act_max_steps = 2 * layers), same width and budget.

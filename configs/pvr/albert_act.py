@@ -1,4 +1,4 @@
-r"""ALBERT-style per-token ACT depth (spec D) on pointer-value retrieval.
+r"""ALBERT-style per-token ACT depth on pointer-value retrieval.
 
 One shared block iterated up to MAX_STEPS (8) times; halted tokens frozen.
 Same data, budget and width as every PVR model (common.py).

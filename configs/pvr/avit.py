@@ -1,4 +1,4 @@
-r"""A-ViT token halting (spec C) on sequence tokens on pointer-value retrieval.
+r"""A-ViT token halting on sequence tokens on pointer-value retrieval.
 
 MAX_STEPS (8) unshared layers with per-token halting.
 Same data, budget and width as every PVR model (common.py).

@@ -14,7 +14,7 @@ Config args: `seq_len=N`, `train_hops=N`, `eval_hops=N`, `steps=N`,
 import ml_collections
 
 from adatape import run_config
-from configs import synthetic
+from configs import shared
 
 WIDTH, DEPTH, HEADS, MLP_DIM = 64, 4, 4, 256
 MAX_STEPS = 8
@@ -27,7 +27,7 @@ def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
 
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Data, budget and optimizer; no model."""
-  c = synthetic.base(args.steps or 6000, "softmax_xent")
+  c = shared.run(args.steps or 6000, "softmax_xent")
   c.data = ml_collections.ConfigDict()
   c.data.name = "pvr"
   c.data.seq_len = args.seq_len
@@ -39,11 +39,11 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def model(name: str, **extra) -> ml_collections.ConfigDict:
   """The shared encoder size plus model-specific keys."""
-  return synthetic.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, **extra)
+  return shared.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, **extra)
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:
   """A run of seconds for tests: tiny model, data and schedule."""
-  synthetic.shrink(c)
+  shared.shrink(c)
   c.data.seq_len = 6
   c.model.depth = min(c.model.depth, 4)

@@ -1,4 +1,4 @@
-r"""Hyper-UT (spec F) on pointer-value retrieval.
+r"""Hyper-UT on pointer-value retrieval.
 
 UT-ACT (up to MAX_STEPS = 8 steps) with an FFN generated per example and step from a pool of 4 weight sets.
 Same data, budget and width as every PVR model (common.py).

@@ -1,4 +1,4 @@
-r"""PonderNet (spec B) on pointer-value retrieval.
+r"""PonderNet on pointer-value retrieval.
 
 One shared block, up to MAX_STEPS (8) steps, halting per example.
 Same data, budget and width as every PVR model (common.py).

@@ -1,4 +1,4 @@
-r"""Universal Transformer with per-token ACT (spec A) on pointer-value retrieval.
+r"""Universal Transformer with per-token ACT on pointer-value retrieval.
 
 One shared block, up to MAX_STEPS (8) steps.
 Same data, budget and width as every PVR model (common.py).

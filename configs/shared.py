@@ -1,14 +1,15 @@
-"""What the synthetic-task families (parity, PVR) share: the run schedule,
-the optimizer and the mesh, and the shape of a seconds-long test run.
+"""What every config family shares: the run schedule, the optimizer and
+the mesh, the shape of a `model` section, and a seconds-long test run.
 
-Each family's `common.py` adds its data section, its loss, its default
-length of training and its encoder size.
+Each family's `common.py` (parity, PVR, digits, ImageNet; JFT builds on
+ImageNet's) adds its data section, its loss, its default length of
+training and its encoder size, and overrides what its recipe changes.
 """
 
 import ml_collections
 
 
-def base(total_steps: int, loss: str) -> ml_collections.ConfigDict:
+def run(total_steps: int, loss: str) -> ml_collections.ConfigDict:
   """Schedule, optimizer and mesh; no data and no model."""
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from adatape import evaluate
+from adatape import budget
 from adatape import train
 from configs.parity import adatape as adatape_config
 
@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_budget_points_follow_the_threshold(run_dir, capsys):
-  rows = evaluate.evaluate_budgets(run_dir, [2.0, 4.0, 1.0], [2, 4])
+  rows = budget.evaluate_budgets(run_dir, [2.0, 4.0, 1.0], [2, 4])
   out = capsys.readouterr().out
   by_point = {(r["tape.epsilon"], r["tape.num_tokens"]): r for r in rows}
   # K = T / epsilon = 1 candidate per step has weight 1, so the reader halts
@@ -42,7 +42,7 @@ def test_budget_points_follow_the_threshold(run_dir, capsys):
 
 def test_cli_writes_table_csv_and_plot(run_dir):
   result = subprocess.run(
-      [sys.executable, "-m", "adatape.evaluate", f"--workdir={run_dir}",
+      [sys.executable, "-m", "adatape.budget", f"--workdir={run_dir}",
        "--thresholds=2,4", "--max_tokens=4"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
@@ -55,8 +55,8 @@ def test_cli_writes_table_csv_and_plot(run_dir):
 
 def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "adatape.evaluate", f"--workdir={tmp_path}",
+      [sys.executable, "-m", "adatape.budget", f"--workdir={tmp_path}",
        "--thresholds=2"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert "config.json does not exist" in result.stderr
+  assert "holds no run (no config.json)" in result.stderr

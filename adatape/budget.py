@@ -1,6 +1,6 @@
 r"""Turn the budget knob of a trained run at inference.
 
-  python -m adatape.evaluate --workdir=RUN --thresholds=1,2,4 \
+  python -m adatape.budget --workdir=RUN --thresholds=1,2,4 \
       [--max_tokens=4,8] [--step=N]
 
 Evaluates one checkpoint of RUN at every (halting threshold, maximum tape
@@ -15,7 +15,6 @@ reported and skipped.
 """
 
 import functools
-import json
 import os
 import sys
 
@@ -59,21 +58,18 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
+  from adatape import analysis
+  from adatape import assemble
   from adatape import checkpointing
   from adatape import parallel
   from adatape import run_config
   from adatape import train
   # pylint: enable=g-import-not-at-top
 
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    _fail(f"--workdir: {config_path} does not exist (not a run directory)")
-  with open(config_path) as f:
-    base = ml_collections.ConfigDict(json.load(f))
   try:
-    step, params = checkpointing.restore_params(workdir, step)
-  except checkpointing.CheckpointError as e:
-    _fail(f"--workdir: {e}")
+    base, step, params = analysis.read_run(workdir, step)
+  except (run_config.ConfigError, checkpointing.CheckpointError) as e:
+    _fail(str(e))
 
   rows = []
   for overrides in budget_points(base, thresholds, max_tokens):
@@ -81,7 +77,7 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
     config.update_from_flattened_dict(overrides)
     label = ", ".join(f"{k}={v}" for k, v in overrides.items())
     try:
-      run = train.prepare(config)
+      run = assemble.prepare(config)
     except run_config.ConfigError as e:
       print(f"skip ({label}): {e}", flush=True)
       continue
@@ -91,17 +87,16 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
     metrics = train.evaluate(
         jit_eval, params, run.source, mesh,
         run.schedule.eval_batch_size // jax.process_count())
-    row = {"step": step, **overrides, **metrics}
+    row = {"model": config.model.name, "step": step, **overrides, **metrics}
     main_tokens = 1 if config.model.get("stem") == "flatten" else (
         run.source.input_shape[0])
     if "eval/tape_length" in metrics:
       row["effective_length"] = main_tokens + metrics["eval/tape_length"]
     rows.append(row)
-    print(f"{label}: accuracy {metrics['eval/accuracy']:.4f}"
-          + (f", tape {metrics['eval/tape_length']:.2f}"
-             if "eval/tape_length" in metrics else "")
-          + (f", ponder {metrics['eval/ponder_steps']:.2f}"
-             if "eval/ponder_steps" in metrics else ""), flush=True)
+    cost = [m for m in run.metrics if m.label]
+    print(f"{label}: accuracy {metrics['eval/accuracy']:.4f}" + "".join(
+        f", {m.label} {metrics[f'eval/{m.name}']:.2f}" for m in cost),
+          flush=True)
   return rows
 
 
@@ -116,8 +111,8 @@ def write_outputs(rows, workdir):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  cost = next(k for k in ("eval/tape_length", "eval/ponder_steps",
-                          "eval/accuracy") if k in rows[0])
+  from adatape import models  # pylint: disable=g-import-not-at-top
+  cost = f"eval/{models.cost_metric(rows[0]['model']).name}"
   fig, ax = plt.subplots(figsize=(5, 3.5))
   ax.plot([r[cost] for r in rows], [r["eval/accuracy"] for r in rows], "o-")
   for r in rows:

@@ -1,0 +1,52 @@
+"""The workdir contract: one run per workdir, and the files it holds.
+
+  config.json    the run's config, written when it starts;
+  checkpoints/   Orbax step folders (`checkpointing.py`);
+  metrics.jsonl  one JSON object per logged step (`reporting.py`);
+  results.json   final metrics, written once when the run finishes.
+
+Running the same command again resumes; running another config in a
+workdir that holds a run is refused, so two experiments never mix their
+checkpoints and logs.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+from tensorflow.io import gfile
+
+from adatape import reporting
+from adatape import run_config
+
+CONFIG = "config.json"
+RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"
+
+
+def holds_run(workdir: str) -> bool:
+  """Whether `workdir` holds a started run (its config.json)."""
+  return gfile.exists(os.path.join(workdir, CONFIG))
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to continue a workdir that holds a run of another config."""
+  path = os.path.join(workdir, CONFIG)
+  if not gfile.exists(path):
+    return
+  saved = reporting.read_json(path)
+  current = json.loads(config.to_json())
+  if saved != current:
+    differing = sorted(_flat_diff(saved, current))
+    raise run_config.ConfigError(
+        f"workdir {workdir} holds a run with a different config "
+        f"({', '.join(differing[:5])} differ); use a new --workdir")
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    keys = set(a) | set(b)
+    return set().union(*[_flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+                         for k in keys]) if keys else set()
+  return set() if a == b else {prefix.rstrip(".")}
