@@ -1,12 +1,18 @@
-# The two commands of the README. Both create .venv on first use.
+# The README's commands. Each creates .venv on first use, with PYTHON
+# (default python3; 3.11, 3.12 and 3.13 are supported).
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/parity_adatape
+LINTED := adatape configs experiments launch tests
 
-.PHONY: demo test clean-venv
+.PHONY: demo test lint format clean-venv check-python
 
-$(VENV)/.installed: setup.py
-	test -x $(PY) || python3 -m venv $(VENV)
+check-python:
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 13) else "error: PYTHON=$(PYTHON) is Python %d.%d; adatape needs 3.11, 3.12 or 3.13 (e.g. make PYTHON=python3.12 ...)" % v)'
+
+$(VENV)/.installed: setup.py | check-python
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
@@ -16,6 +22,17 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 tests
+
+# pyink (Google's formatter: 2-space indents, 80 columns; pyproject.toml)
+# must leave every file unchanged, and pylint (.pylintrc) find nothing.
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[lint]'
+	$(PY) -m pyink --check $(LINTED)
+	$(PY) -m pylint --rcfile=.pylintrc $(LINTED)
+
+format: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[lint]'
+	$(PY) -m pyink $(LINTED)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -37,6 +37,8 @@ setuptools.setup(
     install_requires=_INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        # `make lint`: the formatter and linter the code follows.
+        "lint": ["pyink==26.5.1", "pylint==4.1.4"],
         "tpu": ["jax[tpu]==0.10.2"],
     },
 )

@@ -31,14 +31,16 @@ class Loaded(NamedTuple):
   step: int
 
 
-def read_run(workdir: str, step: int | None = None
-             ) -> tuple[ml_collections.ConfigDict, int, Any]:
+def read_run(
+    workdir: str, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, int, Any]:
   """A run's config, and the step and parameters of one checkpoint
   (default: latest), without building its data source (which may need
   data this host does not have)."""
   path = os.path.join(workdir, workdir_lib.CONFIG)
-  run_config.check(gfile.exists(path),
-                   f"--workdir={workdir} holds no run (no config.json)")
+  run_config.check(
+      gfile.exists(path), f"--workdir={workdir} holds no run (no config.json)"
+  )
   with gfile.GFile(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   step, params = checkpointing.restore_params(workdir, step)
@@ -51,9 +53,11 @@ def load(workdir: str, step: int | None = None) -> Loaded:
   return Loaded(config, assemble.prepare(config), params, step)
 
 
-def per_example(loaded: Loaded,
-                fn: Callable[[outputs.ModelOutput], dict[str, jax.Array]],
-                batch_size: int = 1024) -> dict[str, np.ndarray]:
+def per_example(
+    loaded: Loaded,
+    fn: Callable[[outputs.ModelOutput], dict[str, jax.Array]],
+    batch_size: int = 1024,
+) -> dict[str, np.ndarray]:
   """`fn(model output)` for every eval example, concatenated, plus the eval
   set's own fields (labels, and e.g. `hops` or `values`).
 
@@ -64,8 +68,14 @@ def per_example(loaded: Loaded,
 
   @jax.jit
   def apply(x):
-    return fn(model.apply({"params": params}, x, train=False,
-                          rngs={"halting": jax.random.key(0)}))
+    return fn(
+        model.apply(
+            {"params": params},
+            x,
+            train=False,
+            rngs={"halting": jax.random.key(0)},
+        )
+    )
 
   # Batch by batch, keeping the real rows: a streamed eval split
   # (ImageNet-sized) is never held in memory.
@@ -73,14 +83,22 @@ def per_example(loaded: Loaded,
   for batch in loaded.run.source.eval_batches(batch_size):
     valid = batch["mask"] > 0
     part = jax.device_get(apply(batch["inputs"]))
-    parts.append({**{k: v[valid] for k, v in part.items()},
-                  **{k: v[valid] for k, v in batch.items()
-                     if k not in ("inputs", "mask")}})
+    parts.append(
+        {
+            **{k: v[valid] for k, v in part.items()},
+            **{
+                k: v[valid]
+                for k, v in batch.items()
+                if k not in ("inputs", "mask")
+            },
+        }
+    )
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def output_per_example(workdir: str, field: str, needs: str
-                       ) -> tuple[np.ndarray, ml_collections.ConfigDict]:
+def output_per_example(
+    workdir: str, field: str, needs: str
+) -> tuple[np.ndarray, ml_collections.ConfigDict]:
   """One ModelOutput field over a run's eval set, and the run's config.
 
   A model whose output lacks the field (None) is a ConfigError saying
@@ -91,8 +109,9 @@ def output_per_example(workdir: str, field: str, needs: str
 
   def fn(out):
     value = getattr(out, field)
-    run_config.check(value is not None,
-                     f"model {name!r} returns no {field}; {needs}")
+    run_config.check(
+        value is not None, f"model {name!r} returns no {field}; {needs}"
+    )
     return {field: value}
 
   return per_example(loaded, fn)[field], loaded.config

@@ -58,9 +58,15 @@ class Schedule:
   init_from: str = ""
 
   def __post_init__(self):
-    for name in ("total_steps", "batch_size", "eval_batch_size",
-                 "log_every_steps", "eval_every_steps",
-                 "checkpoint_every_steps", "max_checkpoints"):
+    for name in (
+        "total_steps",
+        "batch_size",
+        "eval_batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "max_checkpoints",
+    ):
       value = getattr(self, name)
       run_config.check(value >= 1, f"{name}={value} must be >= 1")
     run_config.check(self.seed >= 0, f"seed={self.seed} must be >= 0")
@@ -88,15 +94,26 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
   for section in SECTIONS:
     if section == "tape" and section not in config:
       continue
-    run_config.check(section in config,
-                     f"the config has no `{section}` section")
+    run_config.check(
+        section in config, f"the config has no `{section}` section"
+    )
   top = {k: v for k, v in config.items() if k not in SECTIONS}
   schedule = run_config.to_dataclass(Schedule, top, "config")
   optim_config = run_config.to_dataclass(optim.Config, config.optim, "optim")
   mesh_config = run_config.to_dataclass(parallel.Config, config.mesh, "mesh")
-  source = data_lib.create(config, process_index=jax.process_index(),
-                           process_count=jax.process_count())
-  model = models.build(config, input_shape=source.input_shape,
-                       num_classes=source.num_classes)
-  return Run(schedule, optim_config, mesh_config, source, model,
-             models.metrics(config.model.name))
+  source = data_lib.create(
+      config,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+  model = models.build(
+      config, input_shape=source.input_shape, num_classes=source.num_classes
+  )
+  return Run(
+      schedule,
+      optim_config,
+      mesh_config,
+      source,
+      model,
+      models.metrics(config.model.name),
+  )

@@ -24,7 +24,8 @@ from absl import flags
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished or running run.")
 _THRESHOLDS = flags.DEFINE_list("thresholds", [], "Halting thresholds.")
 _MAX_TOKENS = flags.DEFINE_list(
-    "max_tokens", [], "Maximum tape lengths (AdaTape; default: the run's).")
+    "max_tokens", [], "Maximum tape lengths (AdaTape; default: the run's)."
+)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 
 
@@ -37,8 +38,9 @@ def budget_points(config, thresholds, max_tokens):
   """(label, overrides) for every requested point."""
   is_tape = "tape" in config
   threshold_key = "tape.epsilon" if is_tape else "model.act_epsilon"
-  base_threshold = (config.tape.epsilon if is_tape else
-                    config.model.get("act_epsilon"))
+  base_threshold = (
+      config.tape.epsilon if is_tape else config.model.get("act_epsilon")
+  )
   if base_threshold is None:
     _fail(f"model {config.model.name!r} has no halting threshold to vary")
   thresholds = thresholds or [base_threshold]
@@ -82,21 +84,33 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
       print(f"skip ({label}): {e}", flush=True)
       continue
     mesh = parallel.make_mesh(run.mesh)
-    jit_eval = jax.jit(functools.partial(train.eval_step, model=run.model,
-                                         loss=run.schedule.loss))
+    jit_eval = jax.jit(
+        functools.partial(
+            train.eval_step, model=run.model, loss=run.schedule.loss
+        )
+    )
     metrics = train.evaluate(
-        jit_eval, params, run.source, mesh,
-        run.schedule.eval_batch_size // jax.process_count())
+        jit_eval,
+        params,
+        run.source,
+        mesh,
+        run.schedule.eval_batch_size // jax.process_count(),
+    )
     row = {"model": config.model.name, "step": step, **overrides, **metrics}
-    main_tokens = 1 if config.model.get("stem") == "flatten" else (
-        run.source.input_shape[0])
+    main_tokens = (
+        1
+        if config.model.get("stem") == "flatten"
+        else (run.source.input_shape[0])
+    )
     if "eval/tape_length" in metrics:
       row["effective_length"] = main_tokens + metrics["eval/tape_length"]
     rows.append(row)
     cost = [m for m in run.metrics if m.label]
-    print(f"{label}: accuracy {metrics['eval/accuracy']:.4f}" + "".join(
-        f", {m.label} {metrics[f'eval/{m.name}']:.2f}" for m in cost),
-          flush=True)
+    print(
+        f"{label}: accuracy {metrics['eval/accuracy']:.4f}"
+        + "".join(f", {m.label} {metrics[f'eval/{m.name}']:.2f}" for m in cost),
+        flush=True,
+    )
   return rows
 
 
@@ -105,21 +119,29 @@ def write_outputs(rows, workdir):
   if not rows:
     _fail("no valid budget point to evaluate")
   from adatape import reporting  # pylint: disable=g-import-not-at-top
+
   keys = list(dict.fromkeys(k for r in rows for k in r))
   reporting.write_table(rows, os.path.join(workdir, "budget"), keys)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from adatape import models  # pylint: disable=g-import-not-at-top
+
   cost = f"eval/{models.cost_metric(rows[0]['model']).name}"
   fig, ax = plt.subplots(figsize=(5, 3.5))
   ax.plot([r[cost] for r in rows], [r["eval/accuracy"] for r in rows], "o-")
   for r in rows:
-    ax.annotate(",".join(f"{v}" for k, v in r.items()
-                         if k in ("tape.epsilon", "tape.num_tokens",
-                                  "model.act_epsilon")),
-                (r[cost], r["eval/accuracy"]), fontsize=7)
+    ax.annotate(
+        ",".join(
+            f"{v}"
+            for k, v in r.items()
+            if k in ("tape.epsilon", "tape.num_tokens", "model.act_epsilon")
+        ),
+        (r[cost], r["eval/accuracy"]),
+        fontsize=7,
+    )
   ax.set_xlabel(cost)
   ax.set_ylabel("eval/accuracy")
   fig.tight_layout()

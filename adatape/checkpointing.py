@@ -33,32 +33,41 @@ class Checkpointer:
             save_interval_steps=every_steps,
             max_to_keep=max_to_keep,
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True))
+            cleanup_tmp_directories=True,
+        ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict[str, Any],
-           force: bool = False) -> bool:
+  def save(
+      self, step: int, state: Any, meta: dict[str, Any], force: bool = False
+  ) -> bool:
     """Saves if `step` is due (or `force`); returns whether it saved."""
     return self._manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                meta=ocp.args.JsonSave(meta)),
-        force=force)
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+        force=force,
+    )
 
-  def restore(self, step: int, abstract_state: Any
-              ) -> tuple[Any, dict[str, Any]]:
+  def restore(
+      self, step: int, abstract_state: Any
+  ) -> tuple[Any, dict[str, Any]]:
     """Restores into `abstract_state`'s shapes, dtypes and shardings."""
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
-            meta=ocp.args.JsonRestore()))
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
     return restored.state, dict(restored.meta)
 
-  def restore_latest(self, abstract_state: Any
-                     ) -> tuple[int, Any, dict[str, Any]] | None:
+  def restore_latest(
+      self, abstract_state: Any
+  ) -> tuple[int, Any, dict[str, Any]] | None:
     """Restores the newest readable checkpoint, or None if there is none.
 
     A checkpoint that fails to restore (a truncated file, a disk error) is
@@ -72,16 +81,21 @@ class Checkpointer:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"warning: checkpoint {step} in {self._manager.directory} is "
-              f"unreadable ({type(e).__name__}: {first_line[:200]}); "
-              "falling back to the previous one", file=sys.stderr, flush=True)
+        print(
+            f"warning: checkpoint {step} in {self._manager.directory} is "
+            f"unreadable ({type(e).__name__}: {first_line[:200]}); "
+            "falling back to the previous one",
+            file=sys.stderr,
+            flush=True,
+        )
         self._manager.delete(step)
         continue
       return step, state, meta
     if steps:
       raise CheckpointError(
           f"no readable checkpoint among steps {sorted(steps)} in "
-          f"{self._manager.directory}; move them away to start over")
+          f"{self._manager.directory}; move them away to start over"
+      )
     return None
 
   def reached_preemption(self, step: int) -> bool:
@@ -96,8 +110,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def restore_params(workdir: str, step: int | None = None
-                   ) -> tuple[int, Any]:
+def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
   """(step, params) of a run's checkpoint (default: the latest), on host.
 
   For evaluation and analysis of finished runs on one process; training
@@ -107,15 +120,18 @@ def restore_params(workdir: str, step: int | None = None
   if "://" not in directory:
     directory = os.path.abspath(directory)
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True))
+      directory, options=ocp.CheckpointManagerOptions(read_only=True)
+  )
   steps = sorted(manager.all_steps())
   if not steps:
     raise CheckpointError(f"no checkpoint in {directory}")
   step = steps[-1] if step is None else step
   if step not in steps:
     raise CheckpointError(
-        f"no checkpoint at step {step} in {directory}; steps: {steps}")
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore())).state
+        f"no checkpoint at step {step} in {directory}; steps: {steps}"
+    )
+  state = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  ).state
   manager.close()
   return step, state["params"]

@@ -33,8 +33,13 @@ def init(shape: tuple[int, ...]) -> ActState:
   return ActState(halting=zeros, remainder=zeros, updates=zeros)
 
 
-def step(state: ActState, prob: jax.Array, *, epsilon: float,
-         is_last: jax.Array | bool) -> tuple[ActState, jax.Array]:
+def step(
+    state: ActState,
+    prob: jax.Array,
+    *,
+    epsilon: float,
+    is_last: jax.Array | bool,
+) -> tuple[ActState, jax.Array]:
   """One ACT step: returns the new state and this step's output weights.
 
   Args:
@@ -66,8 +71,9 @@ def ponder_cost(state: ActState) -> jax.Array:
   return state.updates + state.remainder
 
 
-def accumulate(output: jax.Array, value: jax.Array, weight: jax.Array,
-               act_type: str) -> jax.Array:
+def accumulate(
+    output: jax.Array, value: jax.Array, weight: jax.Array, act_type: str
+) -> jax.Array:
   """Folds one step's value into the output.
 
   "accumulated" is Graves' mean field, sum_n w_n y_n. "basic" is the
@@ -129,8 +135,9 @@ def kl(log_p_BxS: jax.Array, log_q_S: jax.Array) -> jax.Array:
 DEPTH_PRIORS = ("gaussian", "laplace")
 
 
-def depth_prior(kind: str, num_layers: int, mean: float,
-                scale: float) -> jax.Array:
+def depth_prior(
+    kind: str, num_layers: int, mean: float, scale: float
+) -> jax.Array:
   """A normalised target distribution over layers 1..L.
 
   "gaussian" is A-ViT's N(mean, scale); "laplace" is the AdaViT seed

@@ -31,8 +31,9 @@ def resample_grid(posemb_1xNxD: np.ndarray, tokens: int) -> np.ndarray:
   _, n, width = posemb_1xNxD.shape
   old, new = math.isqrt(n), math.isqrt(tokens)
   grid = posemb_1xNxD.reshape(old, old, width)
-  resized = jax.image.resize(jnp.asarray(grid, jnp.float32),
-                             (new, new, width), method="bilinear")
+  resized = jax.image.resize(
+      jnp.asarray(grid, jnp.float32), (new, new, width), method="bilinear"
+  )
   return np.asarray(resized, posemb_1xNxD.dtype).reshape(1, tokens, width)
 
 
@@ -40,8 +41,9 @@ def _is_square_grid(shape: tuple[int, ...]) -> bool:
   return len(shape) == 3 and math.isqrt(shape[1]) ** 2 == shape[1]
 
 
-def load(workdir: str, abstract_params: Any, model_config: Any
-         ) -> dict[str, np.ndarray]:
+def load(
+    workdir: str, abstract_params: Any, model_config: Any
+) -> dict[str, np.ndarray]:
   """The leaves of `workdir`'s latest parameters that this model has too
   (same path and shape), by path; refuses a run that shares none.
 
@@ -50,7 +52,8 @@ def load(workdir: str, abstract_params: Any, model_config: Any
   """
   run_config.check(
       gfile.exists(os.path.join(workdir, "checkpoints")),
-      f"init_from={workdir} holds no checkpoints/ (train that run first)")
+      f"init_from={workdir} holds no checkpoints/ (train that run first)",
+  )
   image_grid = getattr(model_config, "image_grid", False)
   step, loaded = checkpointing.restore_params(workdir)
   loaded = flax.traverse_util.flatten_dict(loaded, sep="/")
@@ -62,19 +65,29 @@ def load(workdir: str, abstract_params: Any, model_config: Any
     value = np.asarray(loaded[path], leaf.dtype)
     if value.shape == leaf.shape:
       found[path] = value
-    elif (image_grid and path.rsplit("/", 1)[-1].startswith("posembed")
-          and _is_square_grid(value.shape) and _is_square_grid(leaf.shape)
-          and value.shape[2] == leaf.shape[2]):
+    elif (
+        image_grid
+        and path.rsplit("/", 1)[-1].startswith("posembed")
+        and _is_square_grid(value.shape)
+        and _is_square_grid(leaf.shape)
+        and value.shape[2] == leaf.shape[2]
+    ):
       found[path] = resample_grid(value, leaf.shape[1])
       resampled.append(path)
-  run_config.check(bool(found), f"init_from={workdir} shares no parameter "
-                   "(same path and shape) with this model")
+  run_config.check(
+      bool(found),
+      f"init_from={workdir} shares no parameter "
+      "(same path and shape) with this model",
+  )
   fresh = [path for path in flat if path not in found]
-  print(f"initialising {len(found)} of {len(flat)} parameter arrays from "
-        f"{workdir} (step {step}); resampled to this image size: "
-        f"{', '.join(resampled) or 'none'}; fresh: "
-        f"{', '.join(fresh[:6]) or 'none'}"
-        f"{' ...' if len(fresh) > 6 else ''}", flush=True)
+  print(
+      f"initialising {len(found)} of {len(flat)} parameter arrays from "
+      f"{workdir} (step {step}); resampled to this image size: "
+      f"{', '.join(resampled) or 'none'}; fresh: "
+      f"{', '.join(fresh[:6]) or 'none'}"
+      f"{' ...' if len(fresh) > 6 else ''}",
+      flush=True,
+  )
   return found
 
 

@@ -43,8 +43,9 @@ class GluMlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     width = x.shape[-1]
-    y = nn.Dense(2 * self.hidden, kernel_init=KERNEL_INIT,
-                 bias_init=BIAS_INIT)(x)
+    y = nn.Dense(2 * self.hidden, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(
+        x
+    )
     y = nn.glu(y, axis=-1)
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
     y = nn.Dense(width, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(y)

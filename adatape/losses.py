@@ -42,8 +42,9 @@ def top1_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.take_along_axis(labels, top[:, None], axis=-1)[:, 0] > 0
 
 
-def example_loss(out: outputs.ModelOutput, labels: jax.Array, loss: str
-                 ) -> jax.Array:
+def example_loss(
+    out: outputs.ModelOutput, labels: jax.Array, loss: str
+) -> jax.Array:
   """The training task loss per example `[B]`.
 
   For a model with a halting distribution over steps (PonderNet) it is the
@@ -53,5 +54,6 @@ def example_loss(out: outputs.ModelOutput, labels: jax.Array, loss: str
   if out.step_logits_SxBxC is None:
     return task_loss(out.logits, labels, loss)
   per_step_SxB = jax.vmap(lambda l: task_loss(l, labels, loss))(
-      out.step_logits_SxBxC)
+      out.step_logits_SxBxC
+  )
   return jnp.sum(jnp.exp(out.step_log_probs_BxS) * per_step_SxB.T, axis=-1)

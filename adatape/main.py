@@ -22,10 +22,14 @@ from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, optionally with :ARGS.",
-    lock_config=True)
+    "config",
+    None,
+    "Path to a config file, optionally with :ARGS.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, logs and results.")
+    "workdir", None, "Directory for checkpoints, logs and results."
+)
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -49,8 +53,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     key = str(e).strip("\"' ")
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     named = [o for o in overrides if o.split(".")[-1] == key]
-    _fail(f"{named[0] if named else '--config'}: {key!r} is not a key of "
-          "the config (it is locked; see the config file for valid keys)")
+    _fail(
+        f"{named[0] if named else '--config'}: {key!r} is not a key of "
+        "the config (it is locked; see the config file for valid keys)"
+    )
   except Exception as e:  # pylint: disable=broad-except
     # Errors raised while executing the config file (a bad `:ARG`, a typo).
     _fail(f"--config: {_one_line(e)}")
@@ -86,7 +92,8 @@ def main(argv: list[str]) -> None:
       explicit = dict(
           coordinator_address=os.environ["ADATAPE_COORDINATOR"],
           num_processes=int(os.environ["ADATAPE_NUM_PROCESSES"]),
-          process_id=int(os.environ["ADATAPE_PROCESS_ID"]))
+          process_id=int(os.environ["ADATAPE_PROCESS_ID"]),
+      )
     jax.distributed.initialize(**explicit)
   logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value

@@ -57,24 +57,33 @@ class Config:
 
   def __post_init__(self):
     check = run_config.check
-    check(self.learning_rate > 0,
-          f"optim.learning_rate={self.learning_rate} must be > 0")
-    check(self.warmup_steps >= 0,
-          f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+    check(
+        self.learning_rate > 0,
+        f"optim.learning_rate={self.learning_rate} must be > 0",
+    )
+    check(
+        self.warmup_steps >= 0,
+        f"optim.warmup_steps={self.warmup_steps} must be >= 0",
+    )
     run_config.check_choice("optim.name", self.name, OPTIMIZERS)
     run_config.check_choice("optim.schedule", self.schedule, SCHEDULES)
     run_config.check_choice("optim.decay_mask", self.decay_mask, DECAY_MASKS)
-    check(self.weight_decay >= 0,
-          f"optim.weight_decay={self.weight_decay} must be >= 0")
-    check(0 <= self.b1 < 1 and 0 <= self.b2 < 1,
-          "optim.b1 and optim.b2 must be in [0, 1)")
+    check(
+        self.weight_decay >= 0,
+        f"optim.weight_decay={self.weight_decay} must be >= 0",
+    )
+    check(
+        0 <= self.b1 < 1 and 0 <= self.b2 < 1,
+        "optim.b1 and optim.b2 must be in [0, 1)",
+    )
     check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm} must be >= 0")
     try:
       re.compile(self.trainable)
     except re.error as e:
       raise run_config.ConfigError(
           f"optim.trainable={self.trainable!r} is not a regular expression: "
-          f"{e}") from None
+          f"{e}"
+      ) from None
 
 
 def schedule(config: Config, total_steps: int) -> optax.Schedule:
@@ -84,21 +93,29 @@ def schedule(config: Config, total_steps: int) -> optax.Schedule:
   ramp = optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1))
   if config.schedule == "constant":
     return optax.join_schedules(
-        [ramp, optax.constant_schedule(config.learning_rate)], [warmup])
+        [ramp, optax.constant_schedule(config.learning_rate)], [warmup]
+    )
   if config.schedule == "linear":
     return optax.join_schedules(
-        [ramp, optax.linear_schedule(config.learning_rate, 0.0,
-                                     max(total_steps - warmup, 1))],
-        [warmup])
+        [
+            ramp,
+            optax.linear_schedule(
+                config.learning_rate, 0.0, max(total_steps - warmup, 1)
+            ),
+        ],
+        [warmup],
+    )
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-      end_value=0.0)
+      init_value=0.0,
+      peak_value=config.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=0.0,
+  )
 
 
 def _kernel_mask(params):
-  return jax.tree_util.tree_map_with_path(
-      lambda path, p: p.ndim >= 2, params)
+  return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2, params)
 
 
 def create(config: Config, total_steps: int) -> optax.GradientTransformation:
@@ -108,26 +125,35 @@ def create(config: Config, total_steps: int) -> optax.GradientTransformation:
   if config.name == "sgd":
     adamw = optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask),
-        optax.sgd(lr, momentum=config.b1 or None))
+        optax.sgd(lr, momentum=config.b1 or None),
+    )
   else:
-    adamw = optax.adamw(lr, b1=config.b1, b2=config.b2,
-                        weight_decay=config.weight_decay, mask=mask)
+    adamw = optax.adamw(
+        lr,
+        b1=config.b1,
+        b2=config.b2,
+        weight_decay=config.weight_decay,
+        mask=mask,
+    )
   if config.clip_norm:
     adamw = optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
   if not config.trainable:
     return adamw
   return optax.multi_transform(
       {"train": adamw, "freeze": optax.set_to_zero()},
-      lambda params: _trainable_labels(params, config.trainable))
+      lambda params: _trainable_labels(params, config.trainable),
+  )
 
 
 def _trainable_labels(params, pattern: str):
-  """"train" / "freeze" per leaf; refuses a pattern that matches nothing."""
+  """ "train" / "freeze" per leaf; refuses a pattern that matches nothing."""
   flat = flax.traverse_util.flatten_dict(params, sep="/")
-  labels = {path: "train" if re.search(pattern, path) else "freeze"
-            for path in flat}
+  labels = {
+      path: "train" if re.search(pattern, path) else "freeze" for path in flat
+  }
   run_config.check(
       "train" in labels.values(),
       f"optim.trainable={pattern!r} matches no parameter; paths look like "
-      f"{next(iter(flat), '')!r}")
+      f"{next(iter(flat), '')!r}",
+  )
   return flax.traverse_util.unflatten_dict(labels, sep="/")

@@ -63,10 +63,11 @@ class Config:
   sharding: str = "replicated"
 
   def __post_init__(self):
-    run_config.check(self.data == -1 or self.data >= 1,
-                     f"mesh.data={self.data} must be -1 (all devices) or >= 1")
-    run_config.check(self.model >= 1,
-                     f"mesh.model={self.model} must be >= 1")
+    run_config.check(
+        self.data == -1 or self.data >= 1,
+        f"mesh.data={self.data} must be -1 (all devices) or >= 1",
+    )
+    run_config.check(self.model >= 1, f"mesh.model={self.model} must be >= 1")
     run_config.check_choice("mesh.sharding", self.sharding, SHARDINGS)
 
 
@@ -75,20 +76,26 @@ def make_mesh(config: Config) -> jax.sharding.Mesh:
   devices = jax.devices()
   run_config.check(
       len(devices) % config.model == 0 or config.data != -1,
-      f"mesh.model={config.model} must divide the {len(devices)} devices")
+      f"mesh.model={config.model} must divide the {len(devices)} devices",
+  )
   data = len(devices) // config.model if config.data == -1 else config.data
   size = data * config.model
   run_config.check(
       1 <= size <= len(devices),
       f"mesh.data * mesh.model = {size} but {len(devices)} devices are "
-      "visible")
+      "visible",
+  )
   run_config.check(
       size % jax.process_count() == 0,
       f"the mesh size {size} must be a multiple of the process count "
-      f"{jax.process_count()}")
-  return jax.make_mesh((data, config.model), ("data", "model"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=devices[:size])
+      f"{jax.process_count()}",
+  )
+  return jax.make_mesh(
+      (data, config.model),
+      ("data", "model"),
+      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+      devices=devices[:size],
+  )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -108,29 +115,37 @@ def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
   return (None,) * ndim
 
 
-def leaf_spec(path: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh,
-              fsdp: bool) -> P:
+def leaf_spec(
+    path: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh, fsdp: bool
+) -> P:
   """The PartitionSpec of one train-state leaf."""
   rules = dict(LOGICAL_RULES)
   spec: list[str | None] = []
   for axis_name, size in zip(logical_axes(path, len(shape)), shape):
     mesh_axis = rules.get(axis_name)
-    if mesh_axis and mesh.shape[mesh_axis] > 1 and (
-        size % mesh.shape[mesh_axis] == 0):
+    if (
+        mesh_axis
+        and mesh.shape[mesh_axis] > 1
+        and (size % mesh.shape[mesh_axis] == 0)
+    ):
       spec.append(mesh_axis)
     else:
       spec.append(None)
   data = mesh.shape["data"]
   if fsdp and data > 1:
-    free = [i for i, size in enumerate(shape)
-            if spec[i] is None and size % data == 0]
+    free = [
+        i
+        for i, size in enumerate(shape)
+        if spec[i] is None and size % data == 0
+    ]
     if free:
       spec[max(free, key=lambda i: shape[i])] = "data"
   return P(*spec)
 
 
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
-                    config: Config) -> Any:
+def state_shardings(
+    abstract_state: Any, mesh: jax.sharding.Mesh, config: Config
+) -> Any:
   """The NamedSharding of every leaf of the train state."""
   fsdp = config.sharding == "fsdp"
 
@@ -144,16 +159,20 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
 def bytes_per_device(abstract_state: Any, shardings: Any) -> int:
   """Bytes of the train state held by one device under `shardings`."""
   total = 0
-  for leaf, sharding in zip(jax.tree.leaves(abstract_state),
-                            jax.tree.leaves(shardings)):
+  for leaf, sharding in zip(
+      jax.tree.leaves(abstract_state), jax.tree.leaves(shardings)
+  ):
     shard = sharding.shard_shape(tuple(leaf.shape))
     total += int(np.prod(shard)) * np.dtype(leaf.dtype).itemsize
   return total
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh
-                 ) -> dict[str, jax.Array]:
+def global_batch(
+    local: dict[str, np.ndarray], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
   """Assembles per-process numpy batches into global sharded arrays."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, v)
+      for k, v in local.items()
+  }

@@ -28,9 +28,9 @@ from tensorflow.io import gfile
 from adatape.models import outputs
 
 
-
-def console_keys(metrics: Sequence[outputs.Metric]
-                 ) -> tuple[tuple[str, str, str], ...]:
+def console_keys(
+    metrics: Sequence[outputs.Metric],
+) -> tuple[tuple[str, str, str], ...]:
   """(key, label, format) of the progress line: loss and accuracy, each
   of the model's labelled metrics in train and eval, and steps/s."""
   labelled = [m for m in metrics if m.label]
@@ -38,13 +38,14 @@ def console_keys(metrics: Sequence[outputs.Metric]
       (("train/loss", "loss", "{:.4f}"), ("train/accuracy", "acc", "{:.3f}"))
       + tuple((f"train/{m.name}", m.label, "{:.2f}") for m in labelled)
       + (("eval/accuracy", "eval acc", "{:.4f}"),)
-      + tuple((f"eval/{m.name}", f"eval {m.label}", "{:.2f}")
-              for m in labelled)
-      + (("perf/steps_per_sec", "steps/s", "{:.1f}"),))
+      + tuple((f"eval/{m.name}", f"eval {m.label}", "{:.2f}") for m in labelled)
+      + (("perf/steps_per_sec", "steps/s", "{:.1f}"),)
+  )
 
 
-def summary(results: Mapping[str, Any],
-            metrics: Sequence[outputs.Metric]) -> str:
+def summary(
+    results: Mapping[str, Any], metrics: Sequence[outputs.Metric]
+) -> str:
   """The one line a finished run ends with: accuracy, the model's
   labelled metrics, steps and time."""
   parts = [f"final eval accuracy {results['eval/accuracy']:.4f}"]
@@ -66,8 +67,7 @@ def _duration(seconds: float) -> str:
 class ConsoleWriter(interface.MetricWriter):
   """Prints scalars as one compact progress line to stdout."""
 
-  def __init__(self, total_steps: int,
-               keys: Sequence[tuple[str, str, str]]):
+  def __init__(self, total_steps: int, keys: Sequence[tuple[str, str, str]]):
     self._total = total_steps
     self._keys = keys
 
@@ -122,9 +122,12 @@ def atomic_write_json(path: str, payload: Any) -> None:
   gfile.rename(tmp, path, overwrite=True)
 
 
-def write_table(rows: list[dict[str, Any]], path_prefix: str,
-                keys: list[str], markdown_keys: list[str] | None = None
-                ) -> str:
+def write_table(
+    rows: list[dict[str, Any]],
+    path_prefix: str,
+    keys: list[str],
+    markdown_keys: list[str] | None = None,
+) -> str:
   """Writes rows as `<prefix>.csv` and `<prefix>.md`; returns the markdown.
 
   The CSV has `keys` with full precision; the markdown has `markdown_keys`
@@ -137,9 +140,16 @@ def write_table(rows: list[dict[str, Any]], path_prefix: str,
   keys = markdown_keys or keys
   lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
   for row in rows:
-    lines.append("| " + " | ".join(
-        f"{row[k]:.4g}" if isinstance(row.get(k), float)
-        else str(row.get(k, "-")) for k in keys) + " |")
+    lines.append(
+        "| "
+        + " | ".join(
+            f"{row[k]:.4g}"
+            if isinstance(row.get(k), float)
+            else str(row.get(k, "-"))
+            for k in keys
+        )
+        + " |"
+    )
   markdown = "\n".join(lines) + "\n"
   with gfile.GFile(path_prefix + ".md", "w") as f:
     f.write(markdown)
@@ -149,13 +159,21 @@ def write_table(rows: list[dict[str, Any]], path_prefix: str,
 class Reporter:
   """Writes metrics of one run segment (from `start_step` on)."""
 
-  def __init__(self, workdir: str, *, total_steps: int, start_step: int,
-               is_main: bool, metrics: Sequence[outputs.Metric] = ()):
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      total_steps: int,
+      start_step: int,
+      is_main: bool,
+      metrics: Sequence[outputs.Metric] = (),
+  ):
     self._workdir = workdir
     self._is_main = is_main
     self._total = total_steps
-    writers = ([ConsoleWriter(total_steps, console_keys(metrics))]
-               if is_main else [])
+    writers = (
+        [ConsoleWriter(total_steps, console_keys(metrics))] if is_main else []
+    )
     if is_main:
       writers.append(metric_writers.SummaryWriter(workdir))
     self.writer = metric_writers.MultiWriter(writers)
@@ -169,8 +187,11 @@ class Reporter:
     if not gfile.exists(self._jsonl):
       return
     with gfile.GFile(self._jsonl) as f:
-      rows = [line for line in f
-              if line.strip() and json.loads(line)["step"] <= start_step]
+      rows = [
+          line
+          for line in f
+          if line.strip() and json.loads(line)["step"] <= start_step
+      ]
     with gfile.GFile(self._jsonl + ".tmp", "w") as f:
       f.write("".join(rows))
     gfile.rename(self._jsonl + ".tmp", self._jsonl, overwrite=True)
@@ -193,8 +214,9 @@ class Reporter:
       return
     self.writer.write_scalars(step, scalars)
     row = {"step": step}
-    row.update({k: (v if math.isfinite(v) else str(v))
-                for k, v in scalars.items()})
+    row.update(
+        {k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}
+    )
     with gfile.GFile(self._jsonl, "a") as f:
       f.write(json.dumps(row) + "\n")
 

@@ -48,7 +48,8 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
     key = key.strip()
     if key not in spec:
       raise ConfigError(
-          f"config arg {key!r} is unknown; valid: {', '.join(sorted(spec))}")
+          f"config arg {key!r} is unknown; valid: {', '.join(sorted(spec))}"
+      )
     default = spec[key]
     if not sep:
       if not isinstance(default, bool):
@@ -74,7 +75,8 @@ def _convert(text: str, default: Any, what: str) -> Any:
       return float(text)
   except ValueError:
     raise ConfigError(
-        f"{what}={text!r} is not a valid {type(default).__name__}") from None
+        f"{what}={text!r} is not a valid {type(default).__name__}"
+    ) from None
   return text
 
 
@@ -97,7 +99,8 @@ def to_dataclass(cls: type, section: Any, prefix: str, **extra: Any) -> Any:
   if unknown:
     raise ConfigError(
         f"{prefix}.{unknown[0]} is not a known key; valid keys: "
-        f"{', '.join(sorted(names - set(extra)))}")
+        f"{', '.join(sorted(names - set(extra)))}"
+    )
   kwargs = {}
   for name, value in values.items():
     kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}")
@@ -118,9 +121,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
   if origin is tuple:
     if not isinstance(value, (list, tuple)):
       raise ConfigError(f"{key}={value!r} must be a tuple")
-    (item_hint, *_) = typing.get_args(hint)
+    item_hint, *_ = typing.get_args(hint)
     return tuple(_coerce(v, item_hint, key) for v in value)
-  if hint is type(None):
+  if hint is types.NoneType:
     if value is None:
       return None
     raise ConfigError(f"{key}={value!r} must be None")
@@ -128,8 +131,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return float(value)
   if hint in (int, float, str, bool):
     if isinstance(value, bool) != (hint is bool) or not isinstance(value, hint):
-      raise ConfigError(
-          f"{key}={value!r} must be of type {hint.__name__}")
+      raise ConfigError(f"{key}={value!r} must be of type {hint.__name__}")
   return value
 
 
@@ -141,8 +143,10 @@ def check(condition: bool, message: str) -> None:
 
 def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
   """Raises ConfigError unless `value` is one of `choices`."""
-  check(value in choices,
-        f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+  check(
+      value in choices,
+      f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}",
+  )
 
 
 # Config paths are relative to the working directory, or else to the
@@ -152,13 +156,15 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def config_module(path: str, what: str) -> types.ModuleType:
   """Executes the config file at `path`; `what` names the flag in errors."""
-  candidates = [path] if os.path.isabs(path) else [
-      path, os.path.join(_REPO, path)]
+  candidates = (
+      [path] if os.path.isabs(path) else [path, os.path.join(_REPO, path)]
+  )
   found = next((p for p in candidates if os.path.isfile(p)), None)
   if found is None:
     raise ConfigError(f"{what}: {path} does not exist")
   spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(found))[0], found)
+      os.path.splitext(os.path.basename(found))[0], found
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -181,8 +187,7 @@ def load(spec: str, what: str = "--config") -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-def sweep_points(spec: str, what: str = "--config"
-                 ) -> list[dict[str, Any]]:
+def sweep_points(spec: str, what: str = "--config") -> list[dict[str, Any]]:
   """The override dicts that the config file's `sweep(add)` adds, in order
   (`{"tape.epsilon": 4.0, ...}`: flattened keys, as `--config.KEY=V`)."""
   path = spec.partition(":")[0]

@@ -41,12 +41,18 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     differing = sorted(_flat_diff(saved, current))
     raise run_config.ConfigError(
         f"workdir {workdir} holds a run with a different config "
-        f"({', '.join(differing[:5])} differ); use a new --workdir")
+        f"({', '.join(differing[:5])} differ); use a new --workdir"
+    )
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     keys = set(a) | set(b)
-    return set().union(*[_flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-                         for k in keys]) if keys else set()
+    return (
+        set().union(
+            *[_flat_diff(a.get(k), b.get(k), f"{prefix}{k}.") for k in keys]
+        )
+        if keys
+        else set()
+    )
   return set() if a == b else {prefix.rstrip(".")}

@@ -32,20 +32,32 @@ def tape(*, key_split: int, **overrides) -> ml_collections.ConfigDict:
   """
   defaults = dataclasses.asdict(tape_config.TapeConfig())
   unknown = sorted(set(overrides) - set(defaults))
-  run_config.check(not unknown, f"tape.{unknown[0] if unknown else ''} is "
-                   "not a key of TapeConfig")
+  run_config.check(
+      not unknown,
+      f"tape.{unknown[0] if unknown else ''} is " "not a key of TapeConfig",
+  )
   return ml_collections.ConfigDict(
-      {**defaults, "key_split": key_split, **overrides})
+      {**defaults, "key_split": key_split, **overrides}
+  )
 
 
-def universal_transformer(model: ModelFn, depth: int, **extra
-                          ) -> ml_collections.ConfigDict:
+def universal_transformer(
+    model: ModelFn, depth: int, **extra
+) -> ml_collections.ConfigDict:
   """UT with per-token ACT, tensor2tensor's values (halting bias 1,
   epsilon 0.01, ponder weight 0.01)."""
-  c = model("universal_transformer", stem="sequence", classifier="gap",
-            posemb=True, act_level="per_token", act_type="basic",
-            act_epsilon=0.01, halting_bias_init=1.0, act_loss_weight=0.01,
-            head_bias_init=0.0)
+  c = model(
+      "universal_transformer",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      act_level="per_token",
+      act_type="basic",
+      act_epsilon=0.01,
+      halting_bias_init=1.0,
+      act_loss_weight=0.01,
+      head_bias_init=0.0,
+  )
   c.depth = depth
   c.update(extra)
   return c
@@ -60,9 +72,17 @@ def hyper_ut(model: ModelFn, depth: int) -> ml_collections.ConfigDict:
 
 def pondernet(model: ModelFn, depth: int) -> ml_collections.ConfigDict:
   """PonderNet with the labml parity values lambda_p = 0.2, beta = 0.01."""
-  c = model("pondernet", stem="sequence", classifier="gap", posemb=True,
-            lambda_p=0.2, beta=0.01, halting_bias_init=0.0,
-            eval_halting="most_likely", head_bias_init=0.0)
+  c = model(
+      "pondernet",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      lambda_p=0.2,
+      beta=0.01,
+      halting_bias_init=0.0,
+      eval_halting="most_likely",
+      head_bias_init=0.0,
+  )
   c.depth = depth
   return c
 
@@ -75,35 +95,62 @@ def avit(model: ModelFn, depth: int) -> ml_collections.ConfigDict:
   halting score at sigmoid(-3) = 0.05 and lets the prior move it. The
   target depth is the middle of the stack.
   """
-  return model("avit", stem="sequence", classifier="gap", posemb=True,
-               gate_scale=10.0, gate_center=3.0, act_epsilon=0.01,
-               ponder_weight=5e-4, distr_weight=1e-3,
-               distr_prior="gaussian", target_depth=(depth + 1) / 2,
-               target_scale=1.0, head_bias_init=0.0)
+  return model(
+      "avit",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      gate_scale=10.0,
+      gate_center=3.0,
+      act_epsilon=0.01,
+      ponder_weight=5e-4,
+      distr_weight=1e-3,
+      distr_prior="gaussian",
+      target_depth=(depth + 1) / 2,
+      target_scale=1.0,
+      head_bias_init=0.0,
+  )
 
 
 def albert_act(model: ModelFn, depth: int) -> ml_collections.ConfigDict:
   """ALBERT-ACT with the 'tiny' time penalty 1e-3."""
-  c = model("albert_act", stem="sequence", classifier="gap", posemb=True,
-            act_epsilon=0.01, time_penalty=1e-3, halting_bias_init=0.0,
-            head_bias_init=0.0)
+  c = model(
+      "albert_act",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      act_epsilon=0.01,
+      time_penalty=1e-3,
+      halting_bias_init=0.0,
+      head_bias_init=0.0,
+  )
   c.depth = depth
   return c
 
 
 # The parameters each ACM stage trains (regular expressions on paths).
-ACM_TRAINABLE = {"distill": "/learners/", "gates": "/gate/",
-                 "finetune": ""}
+ACM_TRAINABLE = {"distill": "/learners/", "gates": "/gate/", "finetune": ""}
 
 
 def acm(model: ModelFn, stage: str) -> ml_collections.ConfigDict:
   """ACM with the official K = 4, gate and loss weights."""
-  return model("acm", stem="sequence", classifier="gap", posemb=True,
-               stage=stage, num_learners=4, gate_hidden=16,
-               gumbel_temperature=0.8, gate_error_factor=1.2,
-               detach="detach", budget_target=0.5, budget_weight=0.1,
-               entropy_weight=0.05, diversity_weight=0.05,
-               head_bias_init=0.0)
+  return model(
+      "acm",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      stage=stage,
+      num_learners=4,
+      gate_hidden=16,
+      gumbel_temperature=0.8,
+      gate_error_factor=1.2,
+      detach="detach",
+      budget_target=0.5,
+      budget_weight=0.1,
+      entropy_weight=0.05,
+      diversity_weight=0.05,
+      head_bias_init=0.0,
+  )
 
 
 def acm_stage(c: ml_collections.ConfigDict, stage: str, init: str) -> None:

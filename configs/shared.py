@@ -42,12 +42,22 @@ def run(total_steps: int, loss: str) -> ml_collections.ConfigDict:
   return c
 
 
-def encoder(name: str, width: int, depth: int, num_heads: int, mlp_dim: int,
-            **extra) -> ml_collections.ConfigDict:
+def encoder(
+    name: str, width: int, depth: int, num_heads: int, mlp_dim: int, **extra
+) -> ml_collections.ConfigDict:
   """A `model` section: the encoder size plus model-specific keys."""
-  return ml_collections.ConfigDict(dict(
-      name=name, width=width, depth=depth, num_heads=num_heads,
-      mlp_dim=mlp_dim, dropout=0.0, attention_dropout=0.0, **extra))
+  return ml_collections.ConfigDict(
+      dict(
+          name=name,
+          width=width,
+          depth=depth,
+          num_heads=num_heads,
+          mlp_dim=mlp_dim,
+          dropout=0.0,
+          attention_dropout=0.0,
+          **extra,
+      )
+  )
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:

@@ -49,8 +49,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def _config(name, *, width, depth, heads, mlp, stem, tape=None, **model):
   c = ml_collections.ConfigDict()
-  c.model = dict(name=name, width=width, depth=depth, num_heads=heads,
-                 mlp_dim=mlp, stem=stem, **model)
+  c.model = dict(
+      name=name,
+      width=width,
+      depth=depth,
+      num_heads=heads,
+      mlp_dim=mlp,
+      stem=stem,
+      **model,
+  )
   if tape is not None:
     c.tape = tape
   return c
@@ -61,37 +68,58 @@ def parity_models() -> dict[str, ml_collections.ConfigDict]:
   tape = dict(num_tokens=8, epsilon=2.0, key_split=4, layers=(1,))
   return {
       "adatape": _config("adatape", stem="flatten", tape=tape, **size),
-      "fixed": _config("adatape", stem="flatten",
-                       tape=dict(tape, adaptive=False), **size),
+      "fixed": _config(
+          "adatape", stem="flatten", tape=dict(tape, adaptive=False), **size
+      ),
       "transformer": _config("transformer", stem="sequence", **size),
   }
 
 
 def vit_models() -> dict[str, ml_collections.ConfigDict]:
   size = dict(width=384, depth=12, heads=6, mlp=1536, patch_size=16)
-  tape = dict(bank="learn", bank_size=10000, num_tokens=32, epsilon=2.0,
-              key_split=6, layers=(1,))
+  tape = dict(
+      bank="learn",
+      bank_size=10000,
+      num_tokens=32,
+      epsilon=2.0,
+      key_split=6,
+      layers=(1,),
+  )
   return {
-      "adatape": _config("adatape", stem="patches", posemb=True, tape=tape,
-                         **size),
-      "fixed": _config("adatape", stem="patches", posemb=True,
-                       tape=dict(tape, adaptive=False), **size),
+      "adatape": _config(
+          "adatape", stem="patches", posemb=True, tape=tape, **size
+      ),
+      "fixed": _config(
+          "adatape",
+          stem="patches",
+          posemb=True,
+          tape=dict(tape, adaptive=False),
+          **size,
+      ),
       "vit": _config("transformer", stem="patches", **size),
   }
 
 
 def compile_train_step(config, inputs, labels):
   """Compiles one model's train step: (run, compile seconds, GFLOP/step)."""
-  model = models.build(config, input_shape=inputs.shape[1:],
-                       num_classes=int(labels.max()) + 1)
+  model = models.build(
+      config, input_shape=inputs.shape[1:], num_classes=int(labels.max()) + 1
+  )
   opt_config = optim.Config(learning_rate=1e-3, warmup_steps=10)
   tx = optim.create(opt_config, 1000)
-  state = train.init_state(jax.random.key(0), model=model, tx=tx,
-                           input_shape=inputs.shape[1:])
-  step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx,
-      lr_fn=optim.schedule(opt_config, 1000), loss="softmax_xent"),
-                 donate_argnums=0)
+  state = train.init_state(
+      jax.random.key(0), model=model, tx=tx, input_shape=inputs.shape[1:]
+  )
+  step = jax.jit(
+      functools.partial(
+          train.train_step,
+          model=model,
+          tx=tx,
+          lr_fn=optim.schedule(opt_config, 1000),
+          loss="softmax_xent",
+      ),
+      donate_argnums=0,
+  )
   batch = {"inputs": jnp.asarray(inputs), "label": jnp.asarray(labels)}
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -117,8 +145,11 @@ def time_reader_alone(config, batch, bank_entries, repeats):
   width = config.model.width
   rng = np.random.default_rng(0)
   query = jnp.asarray(rng.normal(size=(batch, width)), jnp.float32)
-  shape = ((bank_entries, width) if tape_config.bank == "learn" else
-           (batch, bank_entries, width))
+  shape = (
+      (bank_entries, width)
+      if tape_config.bank == "learn"
+      else (batch, bank_entries, width)
+  )
   bank = jnp.asarray(rng.normal(size=shape), jnp.float32)
 
   def loss(query, bank):
@@ -138,30 +169,41 @@ def time_reader_alone(config, batch, bank_entries, repeats):
 def report(title, configs, inputs, labels, repeats, peak, bank_entries):
   """Times every model in interleaved rounds (so drift hits all alike)."""
   print(f"\n## {title}: batch {inputs.shape[0]}, input {inputs.shape[1:]}")
-  runs = {name: compile_train_step(config, inputs, labels)
-          for name, config in configs.items()}
+  runs = {
+      name: compile_train_step(config, inputs, labels)
+      for name, config in configs.items()
+  }
   samples = {name: [] for name in runs}
   for _ in range(repeats):
     for name, (run_once, _, _) in runs.items():
       samples[name].append(run_once())
-  print(f"{'model':<12}{'compile s':>10}{'step ms':>10}{'GFLOP':>9}"
-        f"{'GFLOP/s':>9}{'of matmul':>11}{'of 277':>8}")
+  print(
+      f"{'model':<12}{'compile s':>10}{'step ms':>10}{'GFLOP':>9}"
+      f"{'GFLOP/s':>9}{'of matmul':>11}{'of 277':>8}"
+  )
   times = {}
   for name, (_, compile_s, gflop) in runs.items():
     step_s = statistics.median(samples[name])
     times[name] = step_s
     rate = gflop / step_s
-    print(f"{name:<12}{compile_s:>10.2f}{step_s * 1e3:>10.2f}{gflop:>9.2f}"
-          f"{rate:>9.1f}{rate / peak:>10.1%}{rate / REFERENCE_GFLOPS:>8.1%}")
-  reader_s = time_reader_alone(configs["adatape"], inputs.shape[0],
-                              bank_entries, max(repeats, 20))
-  print(f"reader loop (forward + backward, timed alone): "
-        f"{reader_s * 1e3:.2f} ms = {reader_s / times['adatape']:.1%} of the "
-        "AdaTape train step")
+    print(
+        f"{name:<12}{compile_s:>10.2f}{step_s * 1e3:>10.2f}{gflop:>9.2f}"
+        f"{rate:>9.1f}{rate / peak:>10.1%}{rate / REFERENCE_GFLOPS:>8.1%}"
+    )
+  reader_s = time_reader_alone(
+      configs["adatape"], inputs.shape[0], bank_entries, max(repeats, 20)
+  )
+  print(
+      f"reader loop (forward + backward, timed alone): "
+      f"{reader_s * 1e3:.2f} ms = {reader_s / times['adatape']:.1%} of the "
+      "AdaTape train step"
+  )
   extra = (times["adatape"] - times["fixed"]) / times["adatape"]
-  print(f"adaptive reader vs fixed top-T: the AdaTape step is {extra:.1%} "
-        f"slower ({times['adatape'] * 1e3:.1f} vs {times['fixed'] * 1e3:.1f} "
-        f"ms, median of {repeats}, interleaved)")
+  print(
+      f"adaptive reader vs fixed top-T: the AdaTape step is {extra:.1%} "
+      f"slower ({times['adatape'] * 1e3:.1f} vs {times['fixed'] * 1e3:.1f} "
+      f"ms, median of {repeats}, interleaved)"
+  )
   return times
 
 
@@ -172,22 +214,36 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--skip_vit", action="store_true")
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} "
-        f"({jax.device_count()} device(s))")
+  print(
+      f"jax {jax.__version__} on {jax.devices()[0].platform} "
+      f"({jax.device_count()} device(s))"
+  )
   peak = matmul_gflops()
   print(f"measured f32 matmul rate (2048^3): {peak:.1f} GFLOP/s")
   rng = np.random.default_rng(0)
   values = rng.integers(0, 3, (args.parity_batch, 32))
-  report("parity model (D=64, 2 layers, S=32, T=8, eps=2)",
-         parity_models(), np.eye(3, dtype=np.float32)[values],
-         rng.integers(0, 2, args.parity_batch), max(args.repeats, 60), peak,
-         bank_entries=32)
+  report(
+      "parity model (D=64, 2 layers, S=32, T=8, eps=2)",
+      parity_models(),
+      np.eye(3, dtype=np.float32)[values],
+      rng.integers(0, 2, args.parity_batch),
+      max(args.repeats, 60),
+      peak,
+      bank_entries=32,
+  )
   if not args.skip_vit:
     images = rng.uniform(-1, 1, (args.vit_batch, 224, 224, 3)).astype(
-        np.float32)
-    report("ViT-S/16-sized encoder, learnable bank (M=10000, T=32, eps=2)",
-           vit_models(), images, rng.integers(0, 1000, args.vit_batch),
-           args.repeats, peak, bank_entries=10000)
+        np.float32
+    )
+    report(
+        "ViT-S/16-sized encoder, learnable bank (M=10000, T=32, eps=2)",
+        vit_models(),
+        images,
+        rng.integers(0, 1000, args.vit_batch),
+        args.repeats,
+        peak,
+        bank_entries=10000,
+    )
 
 
 if __name__ == "__main__":

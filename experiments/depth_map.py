@@ -16,18 +16,21 @@ import os
 import sys
 
 
-
 def token_depths(workdir):
   """`[N, L]` per-token depths over the eval set, and the run config."""
   from adatape import analysis  # pylint: disable=g-import-not-at-top
+
   return analysis.output_per_example(
-      workdir, "token_depth_BxL",
-      "depth maps need a token-adaptive model (A-ViT, ALBERT-ACT, UT, ...)")
+      workdir,
+      "token_depth_BxL",
+      "depth maps need a token-adaptive model (A-ViT, ALBERT-ACT, UT, ...)",
+  )
 
 
 def grid(row, config):
   """Lays a row of per-token values out on the patch grid for images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   if config.model.get("stem") != "patches":
     return row[None, :]
   patches = row[1:] if config.model.get("classifier") == "token" else row
@@ -36,15 +39,19 @@ def grid(row, config):
 
 
 def plot(depths, config, path, examples):
+  """The mean depth per position and the first examples' depths, as a PNG."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   mean = depths.mean(0)
   images = config.model.get("stem") == "patches"
   fig, (mean_ax, ex_ax) = plt.subplots(1, 2, figsize=(11, 4))
   vmax = max(float(depths.max()), 1.0)
-  im = mean_ax.imshow(grid(mean, config), cmap="viridis", vmin=0, vmax=vmax,
-                      aspect="auto")
+  im = mean_ax.imshow(
+      grid(mean, config), cmap="viridis", vmin=0, vmax=vmax, aspect="auto"
+  )
   mean_ax.set_title(f"mean depth per position ({len(depths)} eval examples)")
   fig.colorbar(im, ax=mean_ax)
   if images:
@@ -71,6 +78,7 @@ def main():
   args = parser.parse_args()
   from adatape import checkpointing  # pylint: disable=g-import-not-at-top
   from adatape import run_config  # pylint: disable=g-import-not-at-top
+
   try:
     depths, config = token_depths(args.workdir)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
@@ -78,8 +86,13 @@ def main():
   path = os.path.join(args.workdir, "depth_map.png")
   plot(depths, config, path, args.examples)
   with open(os.path.join(args.workdir, "depth_map.json"), "w") as f:
-    json.dump({"mean_depth_per_position": depths.mean(0).tolist(),
-               "mean_depth": float(depths.mean())}, f)
+    json.dump(
+        {
+            "mean_depth_per_position": depths.mean(0).tolist(),
+            "mean_depth": float(depths.mean()),
+        },
+        f,
+    )
   print(f"wrote {path} (mean depth {depths.mean():.2f})")
 
 

@@ -17,21 +17,26 @@ import os
 import sys
 
 
-
 def bank_reads(workdir):
   """`[N, M]` reads per eval example and bank entry, and the run config."""
   from adatape import analysis  # pylint: disable=g-import-not-at-top
+
   return analysis.output_per_example(
-      workdir, "bank_reads_BxM", "heatmaps need an AdaTape run")
+      workdir, "bank_reads_BxM", "heatmaps need an AdaTape run"
+  )
 
 
 def plot(mean_M, config, path):
+  """The mean reads per bank entry, on the patch grid for image banks."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  on_grid = (config.model.get("stem") == "patches"
-             and config.tape.bank == "input")
+
+  on_grid = (
+      config.model.get("stem") == "patches" and config.tape.bank == "input"
+  )
   side = int(round(np.sqrt(len(mean_M))))
   grid = mean_M.reshape(side, -1) if on_grid else mean_M[None, :]
   fig, ax = plt.subplots(figsize=(5, 4.5) if on_grid else (10, 2.5))
@@ -52,6 +57,7 @@ def main():
   args = parser.parse_args()
   from adatape import checkpointing  # pylint: disable=g-import-not-at-top
   from adatape import run_config  # pylint: disable=g-import-not-at-top
+
   try:
     reads, config = bank_reads(args.workdir)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
@@ -60,11 +66,18 @@ def main():
   path = os.path.join(args.workdir, "tape_heatmap.png")
   plot(mean, config, path)
   with open(os.path.join(args.workdir, "tape_heatmap.json"), "w") as f:
-    json.dump({"mean_reads_per_entry": mean.tolist(),
-               "mean_entries_read": float(reads.sum(1).mean()),
-               "examples": len(reads)}, f)
-  print(f"wrote {path} ({float(reads.sum(1).mean()):.2f} entries read per "
-        f"example over {len(reads)} eval examples)")
+    json.dump(
+        {
+            "mean_reads_per_entry": mean.tolist(),
+            "mean_entries_read": float(reads.sum(1).mean()),
+            "examples": len(reads),
+        },
+        f,
+    )
+  print(
+      f"wrote {path} ({float(reads.sum(1).mean()):.2f} entries read per "
+      f"example over {len(reads)} eval examples)"
+  )
 
 
 if __name__ == "__main__":

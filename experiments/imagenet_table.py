@@ -33,14 +33,27 @@ from adatape import checkpointing
 from adatape import run_config
 from experiments import throughput
 
-COLUMNS = ("run", "model", "variant", "bank", "image", "steps", "top1",
-           "images_per_s", "images_per_s_per_device", "device",
-           "static_gflops", "effective_gflops", "tape_length")
+COLUMNS = (
+    "run",
+    "model",
+    "variant",
+    "bank",
+    "image",
+    "steps",
+    "top1",
+    "images_per_s",
+    "images_per_s_per_device",
+    "device",
+    "static_gflops",
+    "effective_gflops",
+    "tape_length",
+)
 
 
 def _variant(config) -> str:
-  """"S/16"-style name of the run's encoder (or its width/depth)."""
+  """ "S/16"-style name of the run's encoder (or its width/depth)."""
   from configs.imagenet import common  # pylint: disable=g-import-not-at-top
+
   m = config.model
   size = (m.width, m.depth, m.num_heads, m.mlp_dim)
   names = [k for k, v in common.VARIANTS.items() if v == size]
@@ -59,8 +72,9 @@ def row(workdir: str) -> dict | None:
     results = json.load(f)
   size = config.data.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
-  cost = throughput.forward_cost(config, params, images,
-                                 throughput.head_classes(params))
+  cost = throughput.forward_cost(
+      config, params, images, throughput.head_classes(params)
+  )
   static = cost.static_gflops
   effective = static
   tape = results.get("eval/tape_length")
@@ -71,7 +85,8 @@ def row(workdir: str) -> dict | None:
   return {
       "run": os.path.basename(os.path.normpath(workdir)),
       "model": {"transformer": "ViT", "adatape": "AdaTape-ViT"}.get(
-          config.model.name, config.model.name),
+          config.model.name, config.model.name
+      ),
       "variant": _variant(config),
       "bank": config.tape.bank if "tape" in config else "-",
       "image": size,
@@ -87,9 +102,13 @@ def row(workdir: str) -> dict | None:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| run | model | variant | bank | px | steps | top-1 | img/s | "
-           "img/s/device | device | static GFLOPs | effective GFLOPs | "
-           "tape |", "|" + "---|" * 13]
+  """The table's markdown, one run per row."""
+  lines = [
+      "| run | model | variant | bank | px | steps | top-1 | img/s | "
+      "img/s/device | device | static GFLOPs | effective GFLOPs | "
+      "tape |",
+      "|" + "---|" * 13,
+  ]
   for r in rows:
     tape = f"{r['tape_length']:.2f}" if r["tape_length"] is not None else "-"
     lines.append(
@@ -97,25 +116,28 @@ def markdown(rows: list[dict]) -> str:
         f"{r['image']} | {r['steps']} | {100 * r['top1']:.2f}% | "
         f"{r['images_per_s']:.1f} | {r['images_per_s_per_device']:.1f} | "
         f"{r['device']} | {r['static_gflops']:.3g} | "
-        f"{r['effective_gflops']:.3g} | {tape} |")
+        f"{r['effective_gflops']:.3g} | {tape} |"
+    )
   return "\n".join(lines) + "\n"
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", action="append", default=[])
-  parser.add_argument("--root", default="",
-                      help="every run directly under this folder")
-  parser.add_argument("--out", default="",
-                      help="write the table here (.md), and a .csv beside")
+  parser.add_argument(
+      "--root", default="", help="every run directly under this folder"
+  )
+  parser.add_argument(
+      "--out", default="", help="write the table here (.md), and a .csv beside"
+  )
   args = parser.parse_args()
   workdirs = list(args.workdir)
   if args.root:
     workdirs += sorted(
         os.path.join(args.root, d.rstrip("/"))
         for d in gfile.listdir(args.root)
-        if gfile.exists(os.path.join(args.root, d.rstrip("/"),
-                                     "config.json")))
+        if gfile.exists(os.path.join(args.root, d.rstrip("/"), "config.json"))
+    )
   if not workdirs:
     sys.exit("error: no runs: give --workdir=RUN or --root=DIR")
   rows = []

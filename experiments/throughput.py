@@ -42,8 +42,10 @@ from adatape import optim
 from adatape import run_config
 from adatape import train
 
-DEFAULT_SPECS = ("configs/imagenet/vit.py:variant=S/16",
-                 "configs/imagenet/adatape.py:variant=S/16,bank=input")
+DEFAULT_SPECS = (
+    "configs/imagenet/vit.py:variant=S/16",
+    "configs/imagenet/adatape.py:variant=S/16,bank=input",
+)
 
 
 def head_classes(params: Any) -> int:
@@ -59,10 +61,12 @@ def _cost_gflops(compiled) -> float:
 
 def _timer(fn, *args):
   """A zero-argument callable timing one call of `fn(*args)`."""
+
   def once() -> float:
     begin = time.perf_counter()
     jax.block_until_ready(fn(*args))
     return time.perf_counter() - begin
+
   return once
 
 
@@ -75,19 +79,27 @@ class ForwardCost(NamedTuple):
   unread_gflops: float  # Analytic, per image, of the slots left unread.
 
 
-def forward_cost(config: ml_collections.ConfigDict, params: Any,
-                 images: jax.Array, num_classes: int) -> ForwardCost:
+def forward_cost(
+    config: ml_collections.ConfigDict,
+    params: Any,
+    images: jax.Array,
+    num_classes: int,
+) -> ForwardCost:
   """Compiles a model's eval forward and counts its FLOPs per image."""
   input_shape = tuple(images.shape[1:])
 
   def forward_of(cfg):
-    model = models.build(cfg, input_shape=input_shape,
-                         num_classes=num_classes)
+    model = models.build(cfg, input_shape=input_shape, num_classes=num_classes)
 
     def forward(params, x):
-      out = model.apply({"params": params}, x, train=False,
-                        rngs={"halting": jax.random.key(0)})
+      out = model.apply(
+          {"params": params},
+          x,
+          train=False,
+          rngs={"halting": jax.random.key(0)},
+      )
       return out.logits, out.metrics_B.get("tape_length"), out.flops_B
+
     return jax.jit(forward)
 
   start = time.perf_counter()
@@ -103,38 +115,60 @@ def forward_cost(config: ml_collections.ConfigDict, params: Any,
   fixed.tape.adaptive = False
   _, _, full_B = forward_of(fixed)(params, images[:1])
   full = float(full_B[0]) / 1e9
-  return ForwardCost(compiled, compile_s, static, float(np.mean(tape_B)),
-                     full, full - float(np.mean(flops_B)) / 1e9)
+  return ForwardCost(
+      compiled,
+      compile_s,
+      static,
+      float(np.mean(tape_B)),
+      full,
+      full - float(np.mean(flops_B)) / 1e9,
+  )
 
 
 class Bench:
   """One model's compiled train step and forward on a fixed batch."""
 
-  def __init__(self, label: str, config: ml_collections.ConfigDict,
-               params, batch: int, num_classes: int):
+  def __init__(
+      self,
+      label: str,
+      config: ml_collections.ConfigDict,
+      params,
+      batch: int,
+      num_classes: int,
+  ):
     self.label = label
     self.config = config
     size = config.data.image_size
     input_shape = (size, size, 3)
-    model = models.build(config, input_shape=input_shape,
-                         num_classes=num_classes)
+    model = models.build(
+        config, input_shape=input_shape, num_classes=num_classes
+    )
     opt = run_config.to_dataclass(optim.Config, config.optim, "optim")
     tx = optim.create(opt, config.total_steps)
-    state = train.init_state(jax.random.key(0), model=model, tx=tx,
-                             input_shape=input_shape)
+    state = train.init_state(
+        jax.random.key(0), model=model, tx=tx, input_shape=input_shape
+    )
     if params is not None:
       state = state.replace(params=params, opt_state=tx.init(params))
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.uniform(-1, 1, (batch,) + input_shape),
-                         jnp.float32)
+    images = jnp.asarray(
+        rng.uniform(-1, 1, (batch,) + input_shape), jnp.float32
+    )
     labels = jnp.asarray(rng.integers(0, num_classes, batch))
-    step = jax.jit(functools.partial(
-        train.train_step, model=model, tx=tx,
-        lr_fn=optim.schedule(opt, config.total_steps), loss=config.loss))
+    step = jax.jit(
+        functools.partial(
+            train.train_step,
+            model=model,
+            tx=tx,
+            lr_fn=optim.schedule(opt, config.total_steps),
+            loss=config.loss,
+        )
+    )
 
     start = time.perf_counter()
-    step_compiled = step.lower(state, {"inputs": images, "label": labels}
-                               ).compile()
+    step_compiled = step.lower(
+        state, {"inputs": images, "label": labels}
+    ).compile()
     self.train_compile_s = time.perf_counter() - start
     self.train_gflops = _cost_gflops(step_compiled) / batch
     cost = forward_cost(config, state.params, images, num_classes)
@@ -144,8 +178,9 @@ class Bench:
     self.effective_gflops = cost.static_gflops - cost.unread_gflops
     # The train step is timed on a fixed state (no donation): every call
     # does the same work, and the state stays valid.
-    self.train_once = _timer(step_compiled, state,
-                             {"inputs": images, "label": labels})
+    self.train_once = _timer(
+        step_compiled, state, {"inputs": images, "label": labels}
+    )
     self.infer_once = _timer(cost.forward, state.params, images)
     self.batch = batch
 
@@ -161,25 +196,36 @@ def run(benches: list[Bench], repeats: int) -> dict[str, dict[str, float]]:
       samples[b.label]["train"].append(b.train_once())
       samples[b.label]["infer"].append(b.infer_once())
   device = jax.devices()[0]
-  print(f"\ndevice: {device.device_kind} ({device.platform}); batch "
-        f"{benches[0].batch}; median of {repeats}")
-  print(f"{'model':<46}{'train img/s':>12}{'infer img/s':>12}"
-        f"{'compile s':>14}{'static GF':>10}{'eff. GF':>9}{'tape':>6}")
+  print(
+      f"\ndevice: {device.device_kind} ({device.platform}); batch "
+      f"{benches[0].batch}; median of {repeats}"
+  )
+  print(
+      f"{'model':<46}{'train img/s':>12}{'infer img/s':>12}"
+      f"{'compile s':>14}{'static GF':>10}{'eff. GF':>9}{'tape':>6}"
+  )
   rows = {}
   for b in benches:
     train_s = statistics.median(samples[b.label]["train"])
     infer_s = statistics.median(samples[b.label]["infer"])
     rows[b.label] = dict(
-        train_step_s=train_s, infer_step_s=infer_s,
+        train_step_s=train_s,
+        infer_step_s=infer_s,
         train_images_per_s=b.batch / train_s,
         infer_images_per_s=b.batch / infer_s,
-        train_compile_s=b.train_compile_s, infer_compile_s=b.infer_compile_s,
-        static_gflops=b.static_gflops, train_gflops=b.train_gflops,
-        effective_gflops=b.effective_gflops, tape_length=b.tape)
+        train_compile_s=b.train_compile_s,
+        infer_compile_s=b.infer_compile_s,
+        static_gflops=b.static_gflops,
+        train_gflops=b.train_gflops,
+        effective_gflops=b.effective_gflops,
+        tape_length=b.tape,
+    )
     tape = f"{b.tape:.2f}" if b.tape is not None else "-"
-    print(f"{b.label:<46}{b.batch / train_s:>12.2f}{b.batch / infer_s:>12.2f}"
-          f"{b.train_compile_s:>7.1f}+{b.infer_compile_s:<6.1f}"
-          f"{b.static_gflops:>10.3g}{b.effective_gflops:>9.3g}{tape:>6}")
+    print(
+        f"{b.label:<46}{b.batch / train_s:>12.2f}{b.batch / infer_s:>12.2f}"
+        f"{b.train_compile_s:>7.1f}+{b.infer_compile_s:<6.1f}"
+        f"{b.static_gflops:>10.3g}{b.effective_gflops:>9.3g}{tape:>6}"
+    )
   return rows
 
 
@@ -192,38 +238,61 @@ def compare(benches: list[Bench], rows) -> None:
   for b in benches:
     if b.config.model.name != "adatape":
       continue
-    time_ratio = (rows[b.label]["train_step_s"]
-                  / rows[base.label]["train_step_s"])
+    time_ratio = (
+        rows[b.label]["train_step_s"] / rows[base.label]["train_step_s"]
+    )
     flop_ratio = b.train_gflops / base.train_gflops
     verdict = "meets" if time_ratio <= flop_ratio + 0.05 else "misses"
-    print(f"{b.label} / {base.label}: train step time ratio "
-          f"{time_ratio:.3f}, static train-FLOP ratio {flop_ratio:.3f} "
-          f"(XLA: {b.train_gflops:.2f} / {base.train_gflops:.2f} GF per "
-          f"image); {verdict} the bar time <= FLOPs + 0.05")
+    print(
+        f"{b.label} / {base.label}: train step time ratio "
+        f"{time_ratio:.3f}, static train-FLOP ratio {flop_ratio:.3f} "
+        f"(XLA: {b.train_gflops:.2f} / {base.train_gflops:.2f} GF per "
+        f"image); {verdict} the bar time <= FLOPs + 0.05"
+    )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--spec", action="append", default=[],
-                      help="PATH[:ARGS] of a config file (repeatable)")
-  parser.add_argument("--workdir", action="append", default=[],
-                      help="a run: its config and latest parameters")
+  parser.add_argument(
+      "--spec",
+      action="append",
+      default=[],
+      help="PATH[:ARGS] of a config file (repeatable)",
+  )
+  parser.add_argument(
+      "--workdir",
+      action="append",
+      default=[],
+      help="a run: its config and latest parameters",
+  )
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--num_classes", type=int, default=1000,
-                      help="for --spec models (a run's head says its own)")
+  parser.add_argument(
+      "--num_classes",
+      type=int,
+      default=1000,
+      help="for --spec models (a run's head says its own)",
+  )
   parser.add_argument("--out", default="", help="also write the rows as JSON")
   args = parser.parse_args()
   try:
-    loaded = [(spec, run_config.load(spec, f"--spec={spec}"), None)
-              for spec in args.spec or ([] if args.workdir else DEFAULT_SPECS)]
+    loaded = [
+        (spec, run_config.load(spec, f"--spec={spec}"), None)
+        for spec in args.spec or ([] if args.workdir else DEFAULT_SPECS)
+    ]
     loaded += [(w, *analysis.read_run(w)[::2]) for w in args.workdir]
-    benches = [Bench(label.rstrip("/").split("/")[-1]
-                     if label in args.workdir
-                     else label.replace("configs/", ""), config, params,
-                     args.batch, args.num_classes if params is None
-                     else head_classes(params))
-               for label, config, params in loaded]
+    benches = [
+        Bench(
+            label.rstrip("/").split("/")[-1]
+            if label in args.workdir
+            else label.replace("configs/", ""),
+            config,
+            params,
+            args.batch,
+            args.num_classes if params is None else head_classes(params),
+        )
+        for label, config, params in loaded
+    ]
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
   print(f"jax {jax.__version__}; compile s = train step + forward")
@@ -231,9 +300,17 @@ def main():
   compare(benches, rows)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind,
-                 "devices": jax.device_count(), "batch": args.batch,
-                 "repeats": args.repeats, "rows": rows}, f, indent=1)
+      json.dump(
+          {
+              "device": jax.devices()[0].device_kind,
+              "devices": jax.device_count(),
+              "batch": args.batch,
+              "repeats": args.repeats,
+              "rows": rows,
+          },
+          f,
+          indent=1,
+      )
 
 
 if __name__ == "__main__":

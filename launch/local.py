@@ -21,11 +21,18 @@ def override_flags(overrides: Mapping[str, object]) -> list[str]:
   return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
 
 
-def command(config: str, workdir: str,
-            overrides: Mapping[str, object] | None = None) -> list[str]:
+def command(
+    config: str, workdir: str, overrides: Mapping[str, object] | None = None
+) -> list[str]:
   """The command line that trains `config` (`PATH[:ARGS]`) in `workdir`."""
-  return [sys.executable, "-m", "adatape.main", f"--config={config}",
-          f"--workdir={workdir}", *override_flags(overrides or {})]
+  return [
+      sys.executable,
+      "-m",
+      "adatape.main",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      *override_flags(overrides or {}),
+  ]
 
 
 def finished(workdir: str) -> bool:
@@ -33,9 +40,14 @@ def finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, workdir_lib.RESULTS))
 
 
-def train(config: str, workdir: str,
-          overrides: Mapping[str, object] | None = None, *,
-          log: str | None = None, check: bool = True) -> int:
+def train(
+    config: str,
+    workdir: str,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    log: str | None = None,
+    check: bool = True,
+) -> int:
   """Trains one run to completion (resuming it if it was started).
 
   Args:
@@ -54,6 +66,7 @@ def train(config: str, workdir: str,
     result = subprocess.run(cmd, cwd=REPO, check=check)
     return result.returncode
   with open(log, "a") as out:
-    result = subprocess.run(cmd, cwd=REPO, stdout=out,
-                            stderr=subprocess.STDOUT, check=check)
+    result = subprocess.run(
+        cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=check
+    )
   return result.returncode

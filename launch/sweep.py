@@ -35,10 +35,12 @@ def slug(overrides: dict[str, object]) -> str:
   return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text) or "default"
 
 
-def run_local(config: str, workdir: str, overrides: dict[str, object]
-              ) -> tuple[str, int]:
-  return workdir, local.train(config, workdir, overrides,
-                              log=workdir + ".log", check=False)
+def run_local(
+    config: str, workdir: str, overrides: dict[str, object]
+) -> tuple[str, int]:
+  return workdir, local.train(
+      config, workdir, overrides, log=workdir + ".log", check=False
+  )
 
 
 def aggregate(root: str) -> list[dict[str, object]]:
@@ -53,13 +55,16 @@ def aggregate(root: str) -> list[dict[str, object]]:
     print(f"no finished points under {root}")
     return rows
   from adatape import reporting  # pylint: disable=g-import-not-at-top
+
   cost_key = _cost_key(rows)
-  shown = [k for k in ("point", "eval/accuracy", cost_key, "steps",
-                       "wall_time_s") if any(k in r for r in rows)]
+  shown = [
+      k
+      for k in ("point", "eval/accuracy", cost_key, "steps", "wall_time_s")
+      if any(k in r for r in rows)
+  ]
   # The CSV holds every key; the markdown table the headline ones.
   keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
-  print(reporting.write_table(rows, os.path.join(root, "sweep"), keys,
-                              shown))
+  print(reporting.write_table(rows, os.path.join(root, "sweep"), keys, shown))
   _plot(rows, os.path.join(root, "sweep.png"), cost_key)
   return rows
 
@@ -67,6 +72,7 @@ def aggregate(root: str) -> list[dict[str, object]]:
 def _cost_key(rows) -> str | None:
   """`eval/NAME` of the swept model's own compute metric, if it has one."""
   from adatape import models  # pylint: disable=g-import-not-at-top
+
   names = {r.get("model") for r in rows}
   if len(names) != 1 or next(iter(names)) not in models.available():
     return None
@@ -75,8 +81,10 @@ def _cost_key(rows) -> str | None:
 
 def _plot(rows, path, cost_key):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, ax = plt.subplots(figsize=(6, 4))
   for r in rows:
     x = r.get(cost_key, 0.0) if cost_key else 0.0
@@ -124,10 +132,15 @@ def main(argv: list[str]) -> int:
   if args.tpu:
     commit = tpu.head_commit()
     for workdir, overrides in pending:
-      for cmd in tpu.commands(tpu=args.tpu, zone=args.zone,
-                              project=args.project, config=args.config,
-                              workdir=workdir, commit=commit,
-                              extra=local.override_flags(overrides)):
+      for cmd in tpu.commands(
+          tpu=args.tpu,
+          zone=args.zone,
+          project=args.project,
+          config=args.config,
+          workdir=workdir,
+          commit=commit,
+          extra=local.override_flags(overrides),
+      ):
         print(shlex.join(cmd), flush=True)
         if not args.dry_run:
           subprocess.run(cmd, check=True)
@@ -142,14 +155,17 @@ def main(argv: list[str]) -> int:
     futures = [pool.submit(run_local, args.config, w, o) for w, o in pending]
     for future in concurrent.futures.as_completed(futures):
       workdir, code = future.result()
-      print(f"{'done' if code == 0 else f'FAILED ({code})'}: {workdir}",
-            flush=True)
+      print(
+          f"{'done' if code == 0 else f'FAILED ({code})'}: {workdir}",
+          flush=True,
+      )
       if code:
         failed.append(workdir)
   aggregate(root)
   if failed:
-    print(f"{len(failed)} point(s) failed; see their .log files",
-          file=sys.stderr)
+    print(
+        f"{len(failed)} point(s) failed; see their .log files", file=sys.stderr
+    )
     return 1
   return 0
 

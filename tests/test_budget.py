@@ -42,9 +42,19 @@ def test_budget_points_follow_the_threshold(run_dir, capsys):
 
 def test_cli_writes_table_csv_and_plot(run_dir):
   result = subprocess.run(
-      [sys.executable, "-m", "adatape.budget", f"--workdir={run_dir}",
-       "--thresholds=2,4", "--max_tokens=4"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "adatape.budget",
+          f"--workdir={run_dir}",
+          "--thresholds=2,4",
+          "--max_tokens=4",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   for name in ("budget.md", "budget.csv", "budget.png"):
     assert os.path.exists(os.path.join(run_dir, name)), name
@@ -55,8 +65,17 @@ def test_cli_writes_table_csv_and_plot(run_dir):
 
 def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "adatape.budget", f"--workdir={tmp_path}",
-       "--thresholds=2"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          "-m",
+          "adatape.budget",
+          f"--workdir={tmp_path}",
+          "--thresholds=2",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 2
   assert "holds no run (no config.json)" in result.stderr

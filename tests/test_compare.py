@@ -21,17 +21,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args):
-  return subprocess.run([sys.executable] + args, cwd=REPO, text=True,
-                        capture_output=True, timeout=900)
+  return subprocess.run(
+      [sys.executable] + args,
+      cwd=REPO,
+      text=True,
+      capture_output=True,
+      timeout=900,
+  )
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
+  """Runs the comparison on tiny PVR runs once for the module."""
   root = tmp_path_factory.mktemp("compare")
   out = str(root / "results" / "table")
-  proc = _run(["-m", "experiments.compare_methods", f"--workdir={root}",
-               f"--out={out}", "--tasks=pvr",
-               "--methods=transformer,avit,acm", "--tiny", "--jobs=2"])
+  proc = _run(
+      [
+          "-m",
+          "experiments.compare_methods",
+          f"--workdir={root}",
+          f"--out={out}",
+          "--tasks=pvr",
+          "--methods=transformer,avit,acm",
+          "--tiny",
+          "--jobs=2",
+      ]
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return root, out
 
@@ -53,13 +68,13 @@ def test_table_has_every_requested_method_with_compute(compared):
     mine = [r for r in hops if r["method"] == method]
     assert [int(r["hops"]) for r in mine] == [1, 2, 3, 4, 5, 6]
     assert sum(int(r["examples"]) for r in mine) == 40  # The tiny eval set.
-    assert [r["seen_in_training"] for r in mine] == ["True"] * 3 + [
-        "False"] * 3
+    assert [r["seen_in_training"] for r in mine] == ["True"] * 3 + ["False"] * 3
   assert os.path.getsize(out + "_pvr_hops.png") > 1000
 
 
 def test_acm_distillation_starts_from_the_teacher_and_trains_only_learners(
-    compared):
+    compared,
+):
   root, _ = compared
   _, teacher = checkpointing.restore_params(str(root / "pvr_transformer"))
   _, distilled = checkpointing.restore_params(str(root / "pvr_acm_distill"))
@@ -76,8 +91,9 @@ def test_acm_distillation_starts_from_the_teacher_and_trains_only_learners(
   for key in distilled:
     if "/gate/" not in key:
       np.testing.assert_array_equal(gates[key], distilled[key], err_msg=key)
-  assert any(not np.array_equal(gates[k], distilled[k]) for k in gates
-             if "/gate/" in k)
+  assert any(
+      not np.array_equal(gates[k], distilled[k]) for k in gates if "/gate/" in k
+  )
 
 
 def test_depth_map_png_and_refusal_for_models_without_depth(compared):
@@ -85,8 +101,9 @@ def test_depth_map_png_and_refusal_for_models_without_depth(compared):
   proc = _run(["-m", "experiments.depth_map", f"--workdir={root / 'pvr_avit'}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert os.path.getsize(root / "pvr_avit" / "depth_map.png") > 1000
-  proc = _run(["-m", "experiments.depth_map",
-               f"--workdir={root / 'pvr_transformer'}"])
+  proc = _run(
+      ["-m", "experiments.depth_map", f"--workdir={root / 'pvr_transformer'}"]
+  )
   assert proc.returncode != 0
   assert "returns no token_depth_BxL" in proc.stderr.strip().splitlines()[-1]
 
@@ -116,10 +133,10 @@ def test_init_from_a_run_sharing_no_parameter_is_refused(tmp_path):
 def test_a_started_run_does_not_read_init_from_again(tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   from configs.pvr import acm as pvr_acm  # pylint: disable=g-import-not-at-top
+
   source = pvr_transformer.get_config("tiny")
   train.train_and_evaluate(source, str(tmp_path / "teacher"))
-  config = pvr_acm.get_config(
-      f"tiny,stage=distill,init={tmp_path / 'teacher'}")
+  config = pvr_acm.get_config(f"tiny,stage=distill,init={tmp_path / 'teacher'}")
   first = train.train_and_evaluate(config, str(tmp_path / "run"))
   shutil.rmtree(tmp_path / "teacher")
   # The finished run reports its results without the (now gone) teacher.

@@ -30,8 +30,9 @@ def data_dir(tmp_path_factory):
 
 def _source(data_dir, process_index=0, process_count=1, **kw):
   config = images.Config(data_dir=data_dir, **kw)
-  return images.Source(config, seed=3, process_index=process_index,
-                       process_count=process_count)
+  return images.Source(
+      config, seed=3, process_index=process_index, process_count=process_count
+  )
 
 
 def test_batches_are_a_function_of_the_step_and_not_of_the_layout(data_dir):
@@ -45,17 +46,19 @@ def test_batches_are_a_function_of_the_step_and_not_of_the_layout(data_dir):
   halves = [_source(data_dir, i, 2).train_batch(5, 8) for i in (0, 1)]
   for key in ("inputs", "label"):
     np.testing.assert_array_equal(
-        np.concatenate([h[key] for h in halves]), a[key])
+        np.concatenate([h[key] for h in halves]), a[key]
+    )
 
 
 def test_an_epoch_visits_every_training_example_once(data_dir):
   source = _source(data_dir, crop_area_min=1.0, flip=False)
   total = len(source._train["label"])  # pylint: disable=protected-access
   batch = 100
-  labels = np.concatenate([source.train_batch(s, batch)["label"]
-                           for s in range(total // batch)])
+  labels = np.concatenate(
+      [source.train_batch(s, batch)["label"] for s in range(total // batch)]
+  )
   counts = np.bincount(labels, minlength=10)
-  expected = np.bincount(source._train["label"][:len(labels)], minlength=10)  # pylint: disable=protected-access
+  expected = np.bincount(source._train["label"][: len(labels)], minlength=10)  # pylint: disable=protected-access
   # Same total; and with 15 full batches, exactly the first 1500 positions
   # of epoch 0, a permutation of the whole training split.
   assert len(labels) == total
@@ -88,8 +91,9 @@ def test_mixup_gives_soft_labels(data_dir):
 
 
 def test_unprepared_unknown_and_bad_keys_are_clear_errors(data_dir, tmp_path):
-  with pytest.raises(run_config.ConfigError,
-                     match="not prepared.*digits_builder"):
+  with pytest.raises(
+      run_config.ConfigError, match="not prepared.*digits_builder"
+  ):
     _source(str(tmp_path / "empty"))
   assert not (tmp_path / "empty").exists()
   with pytest.raises(run_config.ConfigError, match="not a TFDS dataset"):
@@ -101,8 +105,9 @@ def test_unprepared_unknown_and_bad_keys_are_clear_errors(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("config_module", [digits_vit, digits_adatape])
-def test_few_step_training_of_vit_and_adatape(config_module, data_dir,
-                                              tmp_path):
+def test_few_step_training_of_vit_and_adatape(
+    config_module, data_dir, tmp_path
+):
   config = config_module.get_config(f"data_dir={data_dir},tiny")
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["eval/examples"] == 297
@@ -110,9 +115,17 @@ def test_few_step_training_of_vit_and_adatape(config_module, data_dir,
   if config.model.name == "adatape":
     assert results["eval/tape_length"] > 0
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.heatmaps",
-         f"--workdir={tmp_path / 'run'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "experiments.heatmaps",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert os.path.getsize(tmp_path / "run" / "tape_heatmap.png") > 1000
     with open(tmp_path / "run" / "tape_heatmap.json") as f:
@@ -120,16 +133,25 @@ def test_few_step_training_of_vit_and_adatape(config_module, data_dir,
     # Every valid tape token merges K = floor(T / epsilon) bank entries.
     k = int(config.tape.num_tokens // config.tape.epsilon)
     assert heat["mean_entries_read"] == pytest.approx(
-        k * results["eval/tape_length"], rel=1e-5)
+        k * results["eval/tape_length"], rel=1e-5
+    )
     assert len(heat["mean_reads_per_entry"]) == (32 // 4) ** 2
 
 
 def test_command_line_names_the_missing_dataset(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "adatape.main",
-       f"--config=configs/digits/vit.py:data_dir={tmp_path / 'none'}",
-       f"--workdir={tmp_path / 'run'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "adatape.main",
+          f"--config=configs/digits/vit.py:data_dir={tmp_path / 'none'}",
+          f"--workdir={tmp_path / 'run'}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 2
   assert "not prepared" in proc.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "run").exists()
@@ -137,8 +159,11 @@ def test_command_line_names_the_missing_dataset(tmp_path):
 
 @pytest.mark.parametrize("config_module", [digits_vit, digits_adatape])
 def test_digits_configs_build(config_module, data_dir):
-  for arg in (f"data_dir={data_dir}", f"data_dir={data_dir},tiny",
-              f"data_dir={data_dir},source=stream"):
+  for arg in (
+      f"data_dir={data_dir}",
+      f"data_dir={data_dir},tiny",
+      f"data_dir={data_dir},source=stream",
+  ):
     run = assemble.prepare(config_module.get_config(arg))
     assert run.source.input_shape == (32, 32, 3)
     assert run.source.num_classes == 10

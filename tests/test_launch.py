@@ -11,11 +11,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tpu_dry_run_prints_exactly_the_commands():
   result = subprocess.run(
-      [sys.executable, "-m", "launch.tpu", "--tpu=slice-2w", "--zone=us-z1-a",
-       "--project=proj", "--config=configs/parity/adatape.py:seq_len=64",
-       "--workdir=gs://bucket/run", "--commit=abc123", "--dry-run", "--",
-       "--config.seed=3"],
-      cwd=REPO, capture_output=True, text=True, check=True)
+      [
+          sys.executable,
+          "-m",
+          "launch.tpu",
+          "--tpu=slice-2w",
+          "--zone=us-z1-a",
+          "--project=proj",
+          "--config=configs/parity/adatape.py:seq_len=64",
+          "--workdir=gs://bucket/run",
+          "--commit=abc123",
+          "--dry-run",
+          "--",
+          "--config.seed=3",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
   assert result.stdout.splitlines() == [
       f"git -C {REPO} archive --format=tar.gz -o /tmp/adatape-abc123.tar.gz "
       "abc123",
@@ -33,9 +47,20 @@ def test_tpu_dry_run_prints_exactly_the_commands():
 
 def test_tpu_launcher_rejects_a_missing_config():
   result = subprocess.run(
-      [sys.executable, "-m", "launch.tpu", "--tpu=t", "--zone=z",
-       "--config=configs/parity/nope.py", "--workdir=gs://b/r", "--dry-run"],
-      cwd=REPO, capture_output=True, text=True)
+      [
+          sys.executable,
+          "-m",
+          "launch.tpu",
+          "--tpu=t",
+          "--zone=z",
+          "--config=configs/parity/nope.py",
+          "--workdir=gs://b/r",
+          "--dry-run",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
   assert result.returncode == 2
   assert "configs/parity/nope.py does not exist" in result.stderr
 
@@ -49,10 +74,17 @@ def test_sweep_names_are_deterministic():
 
 def test_local_sweep_runs_aggregates_and_skips_finished(tmp_path):
   root = tmp_path / "sweep"
-  args = [sys.executable, "-m", "launch.sweep",
-          "--config=tests/sweep_config.py", f"--root={root}", "--parallel=2"]
-  first = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+  args = [
+      sys.executable,
+      "-m",
+      "launch.sweep",
+      "--config=tests/sweep_config.py",
+      f"--root={root}",
+      "--parallel=2",
+  ]
+  first = subprocess.run(
+      args, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert first.returncode == 0, first.stdout + first.stderr
   names = ["tape.loss_weight=0.0", "tape.loss_weight=0.05"]
   for name in names:
@@ -61,7 +93,8 @@ def test_local_sweep_runs_aggregates_and_skips_finished(tmp_path):
     assert (root / out).exists(), out
   with open(root / "sweep.csv") as f:
     assert len(f.read().strip().splitlines()) == 3
-  again = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+  again = subprocess.run(
+      args, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert again.returncode == 0
   assert again.stdout.count("skip (finished)") == 2

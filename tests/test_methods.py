@@ -23,32 +23,47 @@ from adatape.models import outputs
 
 def _build(name, input_shape=(9, 5), num_classes=4, **model):
   c = ml_collections.ConfigDict()
-  c.model = dict(dict(name=name, width=16, depth=3, num_heads=2, mlp_dim=32),
-                 **model)
+  c.model = dict(
+      dict(name=name, width=16, depth=3, num_heads=2, mlp_dim=32), **model
+  )
   return models.build(c, input_shape=input_shape, num_classes=num_classes)
 
 
 def _inputs(batch, shape=(9, 5), seed=0):
-  return np.random.default_rng(seed).normal(size=(batch,) + shape).astype(
-      np.float32)
+  return (
+      np.random.default_rng(seed)
+      .normal(size=(batch,) + shape)
+      .astype(np.float32)
+  )
 
 
 def _init(model, x, seed=0):
-  return model.init({"params": jax.random.key(seed),
-                     "halting": jax.random.key(seed)}, x[:1], train=False)
+  return model.init(
+      {"params": jax.random.key(seed), "halting": jax.random.key(seed)},
+      x[:1],
+      train=False,
+  )
 
 
 def _apply(model, variables, x, train_mode=False, seed=0, **kw):
-  return model.apply(variables, x, train=train_mode,
-                     rngs={"dropout": jax.random.key(seed),
-                           "halting": jax.random.key(seed + 1)}, **kw)
+  return model.apply(
+      variables,
+      x,
+      train=train_mode,
+      rngs={
+          "dropout": jax.random.key(seed),
+          "halting": jax.random.key(seed + 1),
+      },
+      **kw,
+  )
 
 
 def _set(variables, path, value):
   flat = flax.traverse_util.flatten_dict(variables["params"], sep="/")
   assert path in flat, sorted(flat)
   flat[path] = jnp.broadcast_to(value, flat[path].shape).astype(
-      flat[path].dtype)
+      flat[path].dtype
+  )
   return {"params": flax.traverse_util.unflatten_dict(flat, sep="/")}
 
 
@@ -60,8 +75,9 @@ def test_geometric_halting_hand_case_and_rows_sum_to_one():
   log_p = halting.geometric_log_probs(jnp.array([[0.0, 0.0, -3.0]]))
   np.testing.assert_allclose(np.exp(log_p), [[0.5, 0.25, 0.25]], rtol=1e-6)
   logits = jax.random.normal(jax.random.key(0), (64, 20)) * 5
-  np.testing.assert_allclose(np.exp(halting.geometric_log_probs(logits)).sum(
-      -1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(
+      np.exp(halting.geometric_log_probs(logits)).sum(-1), 1.0, rtol=1e-5
+  )
   # Log space keeps very late steps finite where p.log() would be -inf.
   deep = halting.geometric_log_probs(jnp.full((1, 200), 30.0))
   assert np.all(np.isfinite(deep))
@@ -72,8 +88,7 @@ def test_geometric_prior_is_normalised_and_kl_is_zero_at_the_prior():
   np.testing.assert_allclose(np.exp(log_q).sum(), 1.0, rtol=1e-6)
   q = np.exp(log_q)
   np.testing.assert_allclose(q[1:] / q[:-1], 0.8, rtol=1e-5)
-  np.testing.assert_allclose(halting.kl(log_q[None], log_q), [0.0],
-                             atol=1e-6)
+  np.testing.assert_allclose(halting.kl(log_q[None], log_q), [0.0], atol=1e-6)
   other = halting.geometric_log_probs(jnp.zeros((1, 10)))
   assert float(halting.kl(other, log_q)[0]) > 0.01
 
@@ -97,37 +112,52 @@ def test_pondernet_loss_is_the_expectation_over_steps():
   variables = _init(model, x)
   out = _apply(model, variables, x, train_mode=True)
   labels = jnp.array([0, 1, 2, 3, 0, 1])
-  per_step = np.stack([np.asarray(losses.task_loss(l, labels, "softmax_xent"))
-                       for l in out.step_logits_SxBxC])
+  per_step = np.stack(
+      [
+          np.asarray(losses.task_loss(l, labels, "softmax_xent"))
+          for l in out.step_logits_SxBxC
+      ]
+  )
   expected = (np.exp(np.asarray(out.step_log_probs_BxS)) * per_step.T).sum(-1)
   np.testing.assert_allclose(
-      losses.example_loss(out, labels, "softmax_xent"), expected, rtol=1e-5)
-  np.testing.assert_allclose(np.exp(out.step_log_probs_BxS).sum(-1), 1.0,
-                             rtol=1e-5)
+      losses.example_loss(out, labels, "softmax_xent"), expected, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      np.exp(out.step_log_probs_BxS).sum(-1), 1.0, rtol=1e-5
+  )
   # bias -1: lambda = 0.269 at every step but the last (forced 1).
   lam = 1 / (1 + np.e)
-  np.testing.assert_allclose(np.exp(out.step_log_probs_BxS[0]),
-                             [lam, lam * (1 - lam), (1 - lam)**2], rtol=1e-5)
+  np.testing.assert_allclose(
+      np.exp(out.step_log_probs_BxS[0]),
+      [lam, lam * (1 - lam), (1 - lam) ** 2],
+      rtol=1e-5,
+  )
 
 
 def test_pondernet_eval_uses_the_most_likely_or_a_sampled_step():
   x = _inputs(64)
   likely = _build("pondernet", halting_bias_init=0.5)
   variables = _init(likely, x)
-  variables = _set(variables, "halting/kernel",
-                   jax.random.normal(jax.random.key(3), (16, 1)) * 3)
+  variables = _set(
+      variables,
+      "halting/kernel",
+      jax.random.normal(jax.random.key(3), (16, 1)) * 3,
+  )
   out = _apply(likely, variables, x)
   chosen = np.argmax(np.asarray(out.step_log_probs_BxS), -1)
   np.testing.assert_array_equal(out.metrics_B["halting_step"], chosen + 1)
   np.testing.assert_allclose(
-      out.logits, np.asarray(out.step_logits_SxBxC)[chosen, np.arange(64)])
+      out.logits, np.asarray(out.step_logits_SxBxC)[chosen, np.arange(64)]
+  )
   sampler = _build("pondernet", halting_bias_init=0.5, eval_halting="sample")
   sampled = _apply(sampler, variables, x)
   again = _apply(sampler, variables, x)
-  np.testing.assert_array_equal(sampled.metrics_B["halting_step"],
-                                again.metrics_B["halting_step"])
-  assert not np.array_equal(sampled.metrics_B["halting_step"],
-                            out.metrics_B["halting_step"])
+  np.testing.assert_array_equal(
+      sampled.metrics_B["halting_step"], again.metrics_B["halting_step"]
+  )
+  assert not np.array_equal(
+      sampled.metrics_B["halting_step"], out.metrics_B["halting_step"]
+  )
 
 
 # A-ViT.
@@ -137,14 +167,24 @@ def _avit_with_controlled_halting():
   """Block 0 is the identity and the stem copies input feature 0 to
   channel 0, so exactly the tokens with a positive feature 0 halt after
   layer 1 (gate_scale 100, centre 0, a CLS token that never halts there)."""
-  model = _build("avit", classifier="token", posemb=False, gate_scale=100.0,
-                 gate_center=0.0, distr_weight=0.0)
+  model = _build(
+      "avit",
+      classifier="token",
+      posemb=False,
+      gate_scale=100.0,
+      gate_center=0.0,
+      distr_weight=0.0,
+  )
   x = _inputs(4)
   x[:, :, 0] = np.where(np.arange(9) % 2 == 0, 1.0, -1.0)  # Even tokens halt.
   variables = _init(model, x)
   p = "encoderblock_0"
-  for path in (f"{p}/attention/out/kernel", f"{p}/attention/out/bias",
-               f"{p}/mlp/Dense_1/kernel", f"{p}/mlp/Dense_1/bias"):
+  for path in (
+      f"{p}/attention/out/kernel",
+      f"{p}/attention/out/bias",
+      f"{p}/mlp/Dense_1/kernel",
+      f"{p}/mlp/Dense_1/bias",
+  ):
     variables = _set(variables, path, 0.0)
   kernel = np.array(variables["params"]["stem"]["embedding"]["kernel"])
   kernel[:, 0] = 0.0
@@ -167,10 +207,12 @@ def test_avit_halted_tokens_do_not_influence_other_tokens():
   halted, running = x.copy(), x.copy()
   halted[:, 2, 1:] += 5.0
   running[:, 3, 1:] += 5.0
-  np.testing.assert_allclose(_apply(model, variables, halted).logits,
-                             out.logits, atol=1e-6)
-  assert np.abs(_apply(model, variables, running).logits
-                - out.logits).max() > 1e-3
+  np.testing.assert_allclose(
+      _apply(model, variables, halted).logits, out.logits, atol=1e-6
+  )
+  assert (
+      np.abs(_apply(model, variables, running).logits - out.logits).max() > 1e-3
+  )
 
 
 def test_avit_halting_weights_sum_to_one_and_ponder_cost():
@@ -201,8 +243,9 @@ def test_albert_act_halted_tokens_are_frozen_exactly():
   model = _build("albert_act", depth=5, halting_bias_init=-0.5)
   x = _inputs(6)
   variables = _init(model, x)
-  variables = _set(variables, "halting/kernel",
-                   jax.random.normal(jax.random.key(2), (16, 1)))
+  variables = _set(
+      variables, "halting/kernel", jax.random.normal(jax.random.key(2), (16, 1))
+  )
   out, inter = _apply(model, variables, x, mutable=["intermediates"])
   states = np.stack(inter["intermediates"]["states"])
   halted = np.stack(inter["intermediates"]["halted"])
@@ -214,8 +257,7 @@ def test_albert_act_halted_tokens_are_frozen_exactly():
     np.testing.assert_array_equal(states[n][was], states[n - 1][was])
     frozen += int(was.sum())
     still = ~halted[n - 1]
-    assert np.all(np.abs(states[n][still] - states[n - 1][still]).max(-1)
-                  > 0)
+    assert np.all(np.abs(states[n][still] - states[n - 1][still]).max(-1) > 0)
   assert frozen > 0
   # `updates` counts the steps each token took before it froze.
   first_halted = np.argmax(halted, axis=0) + 1
@@ -229,19 +271,25 @@ def test_acm_learner_outputs_are_cumulative_sums():
   module = acm.Learners(num_learners=4, hidden=3, detach="detach")
   z = jnp.asarray(_inputs(2, (5, 8)))
   variables = module.init(jax.random.key(0), z)
-  variables = _set(variables, "bias",
-                   jax.random.normal(jax.random.key(1), (8,)))
+  variables = _set(
+      variables, "bias", jax.random.normal(jax.random.key(1), (8,))
+  )
   h = np.asarray(module.apply(variables, z))
   p = variables["params"]
   w1 = np.asarray(p["w1"]).reshape(8, 4, 3)
   w2 = np.asarray(p["w2"]).reshape(4, 3, 8)
   np.testing.assert_array_equal(h[:, :, 0], 0.0)  # k = 0 skips the module.
   for k in range(1, 5):
-    total = sum(np.asarray(jax.nn.gelu(
-        np.asarray(z) @ w1[:, n] + np.asarray(p["b1"][n]))) @ w2[n]
-                for n in range(k))
-    np.testing.assert_allclose(h[:, :, k], total + np.asarray(p["bias"]),
-                               rtol=1e-4, atol=1e-5)
+    total = sum(
+        np.asarray(
+            jax.nn.gelu(np.asarray(z) @ w1[:, n] + np.asarray(p["b1"][n]))
+        )
+        @ w2[n]
+        for n in range(k)
+    )
+    np.testing.assert_allclose(
+        h[:, :, k], total + np.asarray(p["bias"]), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_acm_detach_sends_each_choice_gradient_to_its_own_learner():
@@ -266,8 +314,14 @@ def test_avit_laplace_and_gaussian_priors_give_different_losses():
   x = _inputs(4)
   losses = {}
   for prior in ("gaussian", "laplace"):
-    model = _build("avit", gate_center=1.0, gate_scale=5.0, ponder_weight=0.0,
-                   distr_prior=prior, target_depth=2.0)
+    model = _build(
+        "avit",
+        gate_center=1.0,
+        gate_scale=5.0,
+        ponder_weight=0.0,
+        distr_prior=prior,
+        target_depth=2.0,
+    )
     variables = _init(model, x)
     losses[prior] = np.asarray(_apply(model, variables, x).aux_loss_B)
   assert np.all(losses["gaussian"] > 0) and np.all(losses["laplace"] > 0)
@@ -276,8 +330,9 @@ def test_avit_laplace_and_gaussian_priors_give_different_losses():
 
 def test_acm_gate_labels_hand_case():
   # errors for k = 0..4; ratios e_k / e_{k+1}: 4, 1.1, 2, 1.
-  errors = jnp.array([[8.0, 2.0, 1.818, 0.909, 0.909],
-                      [8.0, 4.0, 2.0, 1.0, 0.5]])
+  errors = jnp.array(
+      [[8.0, 2.0, 1.818, 0.909, 0.909], [8.0, 4.0, 2.0, 1.0, 0.5]]
+  )
   np.testing.assert_array_equal(acm.gate_labels(errors, 1.2), [1, 4])
 
 
@@ -299,14 +354,18 @@ def test_acm_finetune_output_uses_the_chosen_learners_and_grads_reach_gates():
   # Forcing every gate to k = 0 skips the MLPs: learners then don't matter.
   skip = variables
   for i in range(2):
-    skip = _set(skip, f"encoderblock_{i}/gate/Dense_2/bias",
-                jnp.array([100.0, 0, 0, 0, 0]))
+    skip = _set(
+        skip,
+        f"encoderblock_{i}/gate/Dense_2/bias",
+        jnp.array([100.0, 0, 0, 0, 0]),
+    )
   out = _apply(model, skip, x)
   np.testing.assert_array_equal(out.metrics_B["learners_used"], 0.0)
   other = _set(skip, "encoderblock_0/learners/w2", 1.0)
   np.testing.assert_allclose(_apply(model, other, x).logits, out.logits)
   assert float(out.flops_B[0]) == pytest.approx(
-      2 * (flops.attention(16, 9, 9) + 9 * (2 * (16 * 16 + 16 * 16 + 16 * 5))))
+      2 * (flops.attention(16, 9, 9) + 9 * (2 * (16 * 16 + 16 * 16 + 16 * 5)))
+  )
 
 
 def optax_norm(tree):
@@ -316,18 +375,26 @@ def optax_norm(tree):
 def test_acm_distill_stage_trains_only_the_learners():
   import optax  # pylint: disable=g-import-not-at-top
   from adatape import optim  # pylint: disable=g-import-not-at-top
+
   model = _build("acm", stage="distill", depth=2)
   x = _inputs(4)
   variables = _init(model, x)
   config = optim.Config(learning_rate=1e-2, trainable="/learners/")
   tx = optim.create(config, 10)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32),
-                           params=variables["params"],
-                           opt_state=tx.init(variables["params"]),
-                           rng=jax.random.key_data(jax.random.key(0)))
-  new, _ = train.train_step(state, {"inputs": x, "label": jnp.zeros(4, int)},
-                            model=model, tx=tx, lr_fn=optim.schedule(
-                                config, 10), loss="softmax_xent")
+  state = train.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables["params"],
+      opt_state=tx.init(variables["params"]),
+      rng=jax.random.key_data(jax.random.key(0)),
+  )
+  new, _ = train.train_step(
+      state,
+      {"inputs": x, "label": jnp.zeros(4, int)},
+      model=model,
+      tx=tx,
+      lr_fn=optim.schedule(config, 10),
+      loss="softmax_xent",
+  )
   before = flax.traverse_util.flatten_dict(state.params, sep="/")
   after = flax.traverse_util.flatten_dict(new.params, sep="/")
   changed = {k for k in before if not np.array_equal(before[k], after[k])}
@@ -335,7 +402,8 @@ def test_acm_distill_stage_trains_only_the_learners():
   assert any("/learners/w1" in k for k in changed)
   with pytest.raises(run_config.ConfigError, match="optim.trainable"):
     optim.create(optim.Config(trainable="nothing_matches"), 10).init(
-        variables["params"])
+        variables["params"]
+    )
   del optax
 
 
@@ -354,30 +422,42 @@ def test_hyper_ut_generates_different_weights_per_example():
   # Batch independence: an example alone gives the same output.
   alone = _apply(model, variables, x[2:3])
   np.testing.assert_allclose(alone.logits[0], out.logits[2], atol=1e-5)
-  grads = jax.grad(lambda v: _apply(model, v, x, train_mode=True).logits[
-      :, 0].sum())(_set(variables, "head/output_projection/kernel", 1.0))
+  grads = jax.grad(
+      lambda v: _apply(model, v, x, train_mode=True).logits[:, 0].sum()
+  )(_set(variables, "head/output_projection/kernel", 1.0))
   pool = grads["params"]["act"]["block"]["pool_w1"]
   assert np.all(np.abs(np.asarray(pool)).sum((1, 2)) > 0)  # Every entry.
-  assert float(np.abs(grads["params"]["act"]["block"]["router_keys"]).sum()
-               ) > 0
+  assert float(np.abs(grads["params"]["act"]["block"]["router_keys"]).sum()) > 0
 
 
 # Shared: every method, batch independence and reported compute.
 
 
-@pytest.mark.parametrize("name", ["pondernet", "avit", "albert_act", "acm",
-                                  "hyper_ut", "universal_transformer",
-                                  "transformer"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pondernet",
+        "avit",
+        "albert_act",
+        "acm",
+        "hyper_ut",
+        "universal_transformer",
+        "transformer",
+    ],
+)
 def test_every_method_is_batch_independent_and_reports_flops(name):
   model = _build(name)
   x = _inputs(6)
   variables = _init(model, x)
-  variables = _set(variables, "head/output_projection/kernel",
-                   jax.random.normal(jax.random.key(4), (16, 4)))
+  variables = _set(
+      variables,
+      "head/output_projection/kernel",
+      jax.random.normal(jax.random.key(4), (16, 4)),
+  )
   out = _apply(model, variables, x)
   assert isinstance(out, outputs.ModelOutput)
   for b in (0, 4):
-    alone = _apply(model, variables, x[b:b + 1])
+    alone = _apply(model, variables, x[b : b + 1])
     np.testing.assert_allclose(alone.logits[0], out.logits[b], atol=1e-5)
     np.testing.assert_allclose(alone.flops_B[0], out.flops_B[b], rtol=1e-6)
   full = 3 * flops.block(16, 32, 9)
@@ -392,7 +472,8 @@ def test_adatape_flops_grow_with_tape_length():
   c.tape = dict(num_tokens=4, epsilon=1.0, layers=(1,), key_split=2)
   model = models.build(c, input_shape=(16, 3), num_classes=2)
   x = np.eye(3, dtype=np.float32)[
-      np.random.default_rng(0).integers(0, 3, (64, 16))]
+      np.random.default_rng(0).integers(0, 3, (64, 16))
+  ]
   variables = model.init({"params": jax.random.key(0)}, x[:1], train=False)
   out = model.apply(variables, x, train=False)
   lengths = np.asarray(out.metrics_B["tape_length"])
@@ -401,20 +482,26 @@ def test_adatape_flops_grow_with_tape_length():
   assert np.all(np.diff(np.asarray(out.flops_B)[order]) >= 0)
   # One main token: block 0 sees 1 token, block 1 sees 1 + tape tokens.
   t = lengths[0]
-  expected = (flops.block(16, 32, 1) + flops.block(16, 32, 1 + t)
-              + flops.dense(16, 16, t))
+  expected = (
+      flops.block(16, 32, 1)
+      + flops.block(16, 32, 1 + t)
+      + flops.dense(16, 16, t)
+  )
   np.testing.assert_allclose(out.flops_B[0], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name, key, value, match", [
-    ("pondernet", "lambda_p", 1.5, "model.lambda_p"),
-    ("pondernet", "eval_halting", "mean", "model.eval_halting"),
-    ("avit", "distr_prior", "cauchy", "model.distr_prior"),
-    ("albert_act", "time_penalty", -1.0, "model.time_penalty"),
-    ("acm", "num_learners", 5, "model.num_learners"),
-    ("acm", "stage", "teacher", "model.stage"),
-    ("hyper_ut", "pool_size", 0, "model.pool_size"),
-])
+@pytest.mark.parametrize(
+    "name, key, value, match",
+    [
+        ("pondernet", "lambda_p", 1.5, "model.lambda_p"),
+        ("pondernet", "eval_halting", "mean", "model.eval_halting"),
+        ("avit", "distr_prior", "cauchy", "model.distr_prior"),
+        ("albert_act", "time_penalty", -1.0, "model.time_penalty"),
+        ("acm", "num_learners", 5, "model.num_learners"),
+        ("acm", "stage", "teacher", "model.stage"),
+        ("hyper_ut", "pool_size", 0, "model.pool_size"),
+    ],
+)
 def test_bad_method_configs_are_rejected(name, key, value, match):
   with pytest.raises(run_config.ConfigError, match=match):
     _build(name, **{key: value})

@@ -15,11 +15,13 @@ from adatape.models import encoder
 
 def _config(name, tape=None, **model):
   c = ml_collections.ConfigDict()
-  c.model = dict(dict(name=name, width=32, depth=3, num_heads=4, mlp_dim=64),
-                 **model)
+  c.model = dict(
+      dict(name=name, width=32, depth=3, num_heads=4, mlp_dim=64), **model
+  )
   if tape is not None:
-    c.tape = dict(dict(num_tokens=8, epsilon=2.0, layers=(1,), key_split=4),
-                  **tape)
+    c.tape = dict(
+        dict(num_tokens=8, epsilon=2.0, layers=(1,), key_split=4), **tape
+    )
   return c
 
 
@@ -37,34 +39,50 @@ def _init_apply(model, x, seed=0):
 def _random_head(variables, seed=1):
   """The head is zero-initialised; a random one lets logits show features."""
   kernel = variables["params"]["head"]["output_projection"]["kernel"]
-  head = {"output_projection": {
-      "kernel": jax.random.normal(jax.random.key(seed), kernel.shape),
-      "bias": variables["params"]["head"]["output_projection"]["bias"]}}
+  head = {
+      "output_projection": {
+          "kernel": jax.random.normal(jax.random.key(seed), kernel.shape),
+          "bias": variables["params"]["head"]["output_projection"]["bias"],
+      }
+  }
   return {"params": {**variables["params"], "head": head}}
 
 
-@pytest.mark.parametrize("model_kw, tape_kw", [
-    (dict(stem="flatten"), dict()),
-    (dict(stem="flatten", classifier="token"),
-     dict(mlp_dim=16, encoder_mlp_dim=16, layers=(0, 2))),
-    (dict(stem="flatten"), dict(bank="learn", bank_size=64)),
-])
+@pytest.mark.parametrize(
+    "model_kw, tape_kw",
+    [
+        (dict(stem="flatten"), dict()),
+        (
+            dict(stem="flatten", classifier="token"),
+            dict(mlp_dim=16, encoder_mlp_dim=16, layers=(0, 2)),
+        ),
+        (dict(stem="flatten"), dict(bank="learn", bank_size=64)),
+    ],
+)
 def test_adatape_example_alone_equals_example_in_batch(model_kw, tape_kw):
-  model = models.build(_config("adatape", tape=tape_kw, **model_kw),
-                       input_shape=(32, 3), num_classes=2)
+  model = models.build(
+      _config("adatape", tape=tape_kw, **model_kw),
+      input_shape=(32, 3),
+      num_classes=2,
+  )
   x = _parity_inputs(16)
   variables, apply = _init_apply(model, x)
   batched = apply(variables, x)
   for b in (0, 5, 15):
-    alone = apply(variables, x[b:b + 1])
-    assert (int(alone.metrics_B["tape_length"][0])
-            == int(batched.metrics_B["tape_length"][b]))
-    np.testing.assert_allclose(alone.logits[0], batched.logits[b],
-                               rtol=1e-5, atol=1e-6)
+    alone = apply(variables, x[b : b + 1])
+    assert int(alone.metrics_B["tape_length"][0]) == int(
+        batched.metrics_B["tape_length"][b]
+    )
+    np.testing.assert_allclose(
+        alone.logits[0], batched.logits[b], rtol=1e-5, atol=1e-6
+    )
   # A different batch around the same example changes nothing either.
-  shuffled = apply(variables, np.concatenate([x[5:6], _parity_inputs(7, 32, 1)]))
-  np.testing.assert_allclose(shuffled.logits[0], batched.logits[5],
-                             rtol=1e-5, atol=1e-6)
+  shuffled = apply(
+      variables, np.concatenate([x[5:6], _parity_inputs(7, 32, 1)])
+  )
+  np.testing.assert_allclose(
+      shuffled.logits[0], batched.logits[5], rtol=1e-5, atol=1e-6
+  )
 
 
 def test_padded_positions_do_not_change_valid_outputs():
@@ -76,19 +94,26 @@ def test_padded_positions_do_not_change_valid_outputs():
   mask[:, 7:] = False
   mask[1, 5:] = False
   variables = block.init(jax.random.key(0), x, mask, num_main=6, train=False)
-  run = lambda x: block.apply(variables, x, mask, num_main=6, train=False)
+
+  def run(x):
+    return block.apply(variables, x, mask, num_main=6, train=False)
+
   noisy = np.where(mask[..., None], x, rng.normal(size=x.shape) * 100)
   out, out_noisy = np.asarray(run(x)), np.asarray(run(noisy))
   np.testing.assert_array_equal(out[mask], out_noisy[mask])
-  np.testing.assert_array_equal(layers.masked_mean(out, mask),
-                                layers.masked_mean(out_noisy, mask))
+  np.testing.assert_array_equal(
+      layers.masked_mean(out, mask), layers.masked_mean(out_noisy, mask)
+  )
   # Unmasked noise does change the output: the test can fail.
   assert not np.allclose(run(noisy * 0 + x + 1.0)[mask], out[mask])
 
 
 def test_atr_gradient_reaches_every_example_through_the_model():
-  model = models.build(_config("adatape", tape={}, stem="flatten"),
-                       input_shape=(32, 3), num_classes=2)
+  model = models.build(
+      _config("adatape", tape={}, stem="flatten"),
+      input_shape=(32, 3),
+      num_classes=2,
+  )
   x = _parity_inputs(8)
   variables, _ = _init_apply(model, x)
 
@@ -100,13 +125,22 @@ def test_atr_gradient_reaches_every_example_through_the_model():
 
 
 def test_patch_stem_with_learnable_and_patch_banks():
-  image = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(
-      np.float32)
+  image = (
+      np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  )
   for bank in ("learn", "input"):
     model = models.build(
-        _config("adatape", tape=dict(bank=bank, bank_size=40), stem="patches",
-                patch_size=8, bank_patch_size=4, posemb=True),
-        input_shape=(32, 32, 3), num_classes=5)
+        _config(
+            "adatape",
+            tape=dict(bank=bank, bank_size=40),
+            stem="patches",
+            patch_size=8,
+            bank_patch_size=4,
+            posemb=True,
+        ),
+        input_shape=(32, 32, 3),
+        num_classes=5,
+    )
     variables, apply = _init_apply(model, image)
     out = apply(variables, image)
     assert out.logits.shape == (2, 5)
@@ -121,13 +155,16 @@ def test_universal_transformer_ponder_cost_at_init():
   for level in ("per_token", "per_example"):
     model = models.build(
         _config("universal_transformer", act_level=level),
-        input_shape=(16, 3), num_classes=2)
+        input_shape=(16, 3),
+        num_classes=2,
+    )
     x = _parity_inputs(4, 16)
     variables, apply = _init_apply(model, x)
     out = apply(variables, x)
     p = 1 / (1 + np.exp(-1.0))
-    np.testing.assert_allclose(out.metrics_B["ponder_cost"], 2 + (1 - p),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        out.metrics_B["ponder_cost"], 2 + (1 - p), rtol=1e-6
+    )
     np.testing.assert_allclose(out.metrics_B["act_steps"], 2.0)
 
 
@@ -144,8 +181,7 @@ def test_act_weights_sum_to_one_and_hand_case():
   state = halting.init((1,))
   weights = []
   for p in (0.3, 0.5, 0.4):
-    state, w = halting.step(state, jnp.array([p]), epsilon=0.01,
-                            is_last=False)
+    state, w = halting.step(state, jnp.array([p]), epsilon=0.01, is_last=False)
     weights.append(float(w[0]))
   np.testing.assert_allclose(weights, [0.3, 0.5, 0.2], rtol=1e-6)
   np.testing.assert_allclose(halting.ponder_cost(state), [3.2], rtol=1e-6)
@@ -153,40 +189,59 @@ def test_act_weights_sum_to_one_and_hand_case():
 
 def test_model_config_errors_name_the_key():
   with pytest.raises(run_config.ConfigError, match="tape.layers"):
-    models.build(_config("adatape", tape=dict(layers=(5,)), stem="flatten"),
-                 input_shape=(32, 3), num_classes=2)
+    models.build(
+        _config("adatape", tape=dict(layers=(5,)), stem="flatten"),
+        input_shape=(32, 3),
+        num_classes=2,
+    )
   with pytest.raises(run_config.ConfigError, match="bank"):
-    models.build(_config("adatape", tape=dict(num_tokens=16),
-                         stem="flatten"),
-                 input_shape=(16, 3), num_classes=2)
+    models.build(
+        _config("adatape", tape=dict(num_tokens=16), stem="flatten"),
+        input_shape=(16, 3),
+        num_classes=2,
+    )
   with pytest.raises(run_config.ConfigError, match="model.name"):
     models.build(_config("resnet"), input_shape=(16, 3), num_classes=2)
   with pytest.raises(run_config.ConfigError, match="model.num_heads"):
-    models.build(_config("transformer", num_heads=5), input_shape=(16, 3),
-                 num_classes=2)
+    models.build(
+        _config("transformer", num_heads=5), input_shape=(16, 3), num_classes=2
+    )
 
 
 def test_unknown_model_key_lists_the_valid_ones():
-  with pytest.raises(run_config.ConfigError,
-                     match="model.colour is not a key.*mlp_dim.*posemb"):
-    models.build(_config("transformer", colour="red"), input_shape=(16, 3),
-                 num_classes=2)
+  with pytest.raises(
+      run_config.ConfigError, match="model.colour is not a key.*mlp_dim.*posemb"
+  ):
+    models.build(
+        _config("transformer", colour="red"), input_shape=(16, 3), num_classes=2
+    )
 
 
 def test_query_noise_and_bank_dropout_act_only_in_training():
   noisy = models.build(
-      _config("adatape", tape=dict(query_noise=0.5, bank_dropout=0.3),
-              stem="flatten"), input_shape=(32, 3), num_classes=2)
-  clean = models.build(_config("adatape", tape={}, stem="flatten"),
-                       input_shape=(32, 3), num_classes=2)
+      _config(
+          "adatape",
+          tape=dict(query_noise=0.5, bank_dropout=0.3),
+          stem="flatten",
+      ),
+      input_shape=(32, 3),
+      num_classes=2,
+  )
+  clean = models.build(
+      _config("adatape", tape={}, stem="flatten"),
+      input_shape=(32, 3),
+      num_classes=2,
+  )
   x = _parity_inputs(8)
   variables, _ = _init_apply(noisy, x)
   variables = _random_head(variables)
 
   def train_logits(model, seed):
-    return np.asarray(model.apply(variables, x, train=True,
-                                  rngs={"dropout": jax.random.key(seed)})
-                      .logits)
+    return np.asarray(
+        model.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(seed)}
+        ).logits
+    )
 
   # Deterministic given the key, different across keys, off at eval.
   np.testing.assert_array_equal(train_logits(noisy, 1), train_logits(noisy, 1))
@@ -194,14 +249,19 @@ def test_query_noise_and_bank_dropout_act_only_in_training():
   assert not np.allclose(train_logits(noisy, 1), train_logits(clean, 1))
   np.testing.assert_array_equal(
       noisy.apply(variables, x, train=False).logits,
-      clean.apply(variables, x, train=False).logits)
+      clean.apply(variables, x, train=False).logits,
+  )
 
 
 def test_legacy_pooling_over_padded_tape_changes_outputs():
   kwargs = dict(input_shape=(32, 3), num_classes=2)
   fixed = models.build(_config("adatape", tape={}, stem="flatten"), **kwargs)
-  legacy = models.build(_config("adatape", tape={}, stem="flatten",
-                                pool_include_padded_tape=True), **kwargs)
+  legacy = models.build(
+      _config(
+          "adatape", tape={}, stem="flatten", pool_include_padded_tape=True
+      ),
+      **kwargs,
+  )
   x = _parity_inputs(16)
   variables, _ = _init_apply(fixed, x)
   variables = _random_head(variables)
@@ -210,9 +270,12 @@ def test_legacy_pooling_over_padded_tape_changes_outputs():
   assert padded.any()
   legacy_logits = np.asarray(legacy.apply(variables, x, train=False).logits)
   # Examples with a full tape pool the same positions either way.
-  np.testing.assert_allclose(legacy_logits[~padded],
-                             np.asarray(out.logits)[~padded], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      legacy_logits[~padded],
+      np.asarray(out.logits)[~padded],
+      rtol=1e-5,
+      atol=1e-6,
+  )
   assert not np.allclose(legacy_logits[padded], np.asarray(out.logits)[padded])
 
 
@@ -220,15 +283,21 @@ def test_act_output_updates():
   out, value = jnp.full((2,), 3.0), jnp.full((2,), 10.0)
   weight = jnp.array([0.25, 0.0])
   np.testing.assert_allclose(
-      halting.accumulate(out, value, weight, "accumulated"), [5.5, 3.0])
+      halting.accumulate(out, value, weight, "accumulated"), [5.5, 3.0]
+  )
   np.testing.assert_allclose(
-      halting.accumulate(out, value, weight, "basic"), [4.75, 3.0])
+      halting.accumulate(out, value, weight, "basic"), [4.75, 3.0]
+  )
   x = _parity_inputs(4, 16)
   logits = {}
   for act_type in halting.ACT_TYPES:
-    model = models.build(_config("universal_transformer", act_type=act_type,
-                                 halting_bias_init=-1.0),
-                         input_shape=(16, 3), num_classes=2)
+    model = models.build(
+        _config(
+            "universal_transformer", act_type=act_type, halting_bias_init=-1.0
+        ),
+        input_shape=(16, 3),
+        num_classes=2,
+    )
     variables, apply = _init_apply(model, x)
     logits[act_type] = np.asarray(apply(_random_head(variables), x).logits)
   # With bias -1 several steps get non-zero weight, and the EMA blend and

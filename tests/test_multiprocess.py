@@ -11,8 +11,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--config=configs/parity/adatape.py:tiny", "--config.mesh.data=-1",
-        "--config.total_steps=8", "--config.log_every_steps=2"]
+ARGS = [
+    "--config=configs/parity/adatape.py:tiny",
+    "--config.mesh.data=-1",
+    "--config.total_steps=8",
+    "--config.log_every_steps=2",
+]
 
 
 def _free_port():
@@ -40,8 +44,8 @@ def _state(workdir, like=None):
   if like is not None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        like)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
+    )
   return ocp.StandardCheckpointer().restore(path, target)
 
 
@@ -49,7 +53,12 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   one = str(tmp_path / "one")
   single = subprocess.run(
       [sys.executable, "-m", "adatape.main", f"--workdir={one}", *ARGS],
-      cwd=REPO, env=_env(2), capture_output=True, text=True, timeout=300)
+      cwd=REPO,
+      env=_env(2),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert single.returncode == 0, single.stderr[-2000:]
 
   two = str(tmp_path / "two")
@@ -57,11 +66,20 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   procs = [
       subprocess.Popen(
           [sys.executable, "-m", "adatape.main", f"--workdir={two}", *ARGS],
-          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-          env=_env(1, ADATAPE_DISTRIBUTED="1",
-                   ADATAPE_COORDINATOR=f"localhost:{port}",
-                   ADATAPE_NUM_PROCESSES="2", ADATAPE_PROCESS_ID=str(i)))
-      for i in range(2)]
+          cwd=REPO,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+          env=_env(
+              1,
+              ADATAPE_DISTRIBUTED="1",
+              ADATAPE_COORDINATOR=f"localhost:{port}",
+              ADATAPE_NUM_PROCESSES="2",
+              ADATAPE_PROCESS_ID=str(i),
+          ),
+      )
+      for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300) for p in procs]
   for proc, (_, err) in zip(procs, outputs):
     assert proc.returncode == 0, err[-3000:]
@@ -75,6 +93,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   np.testing.assert_allclose(_losses(one), _losses(two), rtol=1e-5)
   state_one = _state(one)
   state_two = _state(two, like=state_one)
-  for a, b in zip(jax.tree.leaves(state_one["params"]),
-                  jax.tree.leaves(state_two["params"])):
+  for a, b in zip(
+      jax.tree.leaves(state_one["params"]), jax.tree.leaves(state_two["params"])
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

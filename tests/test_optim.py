@@ -22,29 +22,43 @@ def test_schedule_matches_the_official_formula():
     return 1e-3 * warm * decay
 
   for g in (0, 5_000, 10_000, 50_000, 93_599):
-    np.testing.assert_allclose(float(lr(g)), official(g), rtol=1e-5,
-                               atol=1e-12)
+    np.testing.assert_allclose(float(lr(g)), official(g), rtol=1e-5, atol=1e-12)
 
 
 def test_constant_schedule_after_warmup():
-  lr = optim.schedule(optim.Config(learning_rate=0.1, warmup_steps=10,
-                                   schedule="constant"), 1000)
-  np.testing.assert_allclose([float(lr(g)) for g in (0, 5, 10, 999)],
-                             [0.0, 0.05, 0.1, 0.1], rtol=1e-6)
+  lr = optim.schedule(
+      optim.Config(learning_rate=0.1, warmup_steps=10, schedule="constant"),
+      1000,
+  )
+  np.testing.assert_allclose(
+      [float(lr(g)) for g in (0, 5, 10, 999)], [0.0, 0.05, 0.1, 0.1], rtol=1e-6
+  )
 
 
 def test_linear_schedule_decays_to_zero_after_warmup():
   # The ViT paper's JFT pre-training schedule.
-  lr = optim.schedule(optim.Config(learning_rate=0.1, warmup_steps=10,
-                                   schedule="linear"), 110)
-  np.testing.assert_allclose([float(lr(g)) for g in (0, 5, 10, 60, 110)],
-                             [0.0, 0.05, 0.1, 0.05, 0.0], rtol=1e-6,
-                             atol=1e-9)
+  lr = optim.schedule(
+      optim.Config(learning_rate=0.1, warmup_steps=10, schedule="linear"), 110
+  )
+  np.testing.assert_allclose(
+      [float(lr(g)) for g in (0, 5, 10, 60, 110)],
+      [0.0, 0.05, 0.1, 0.05, 0.0],
+      rtol=1e-6,
+      atol=1e-9,
+  )
 
 
 def test_sgd_is_momentum_sgd_on_the_schedule():
-  tx = optim.create(optim.Config(name="sgd", learning_rate=0.1, b1=0.5,
-                                 schedule="constant", clip_norm=0.0), 10)
+  tx = optim.create(
+      optim.Config(
+          name="sgd",
+          learning_rate=0.1,
+          b1=0.5,
+          schedule="constant",
+          clip_norm=0.0,
+      ),
+      10,
+  )
   params = {"w": jnp.zeros(())}
   state = tx.init(params)
   moves = []
@@ -59,8 +73,15 @@ def test_kernel_decay_mask_spares_biases():
   params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
   grads = {"dense": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros((2,))}}
   for mask, bias_moves in (("all", True), ("kernels", False)):
-    tx = optim.create(optim.Config(learning_rate=0.1, weight_decay=1.0,
-                                   decay_mask=mask, schedule="constant"), 10)
+    tx = optim.create(
+        optim.Config(
+            learning_rate=0.1,
+            weight_decay=1.0,
+            decay_mask=mask,
+            schedule="constant",
+        ),
+        10,
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
     assert float(new["dense"]["kernel"][0, 0]) < 1.0

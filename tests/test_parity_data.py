@@ -8,8 +8,12 @@ from adatape.data import parity
 
 def _source(process_index=0, process_count=1, seed=0, **kwargs):
   config = parity.Config(**kwargs)
-  return parity.Source(config, seed=seed, process_index=process_index,
-                       process_count=process_count)
+  return parity.Source(
+      config,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 @pytest.mark.parametrize("variant", parity.VARIANTS)
@@ -33,8 +37,9 @@ def test_graves_variant_has_between_one_and_all_nonzeros():
 
 
 def test_uniform_variant_is_balanced():
-  values = parity.sample(np.random.default_rng(2), 4000, 32,
-                         "uniform")["values"]
+  values = parity.sample(np.random.default_rng(2), 4000, 32, "uniform")[
+      "values"
+  ]
   counts = [np.mean(values == v) for v in (-1, 0, 1)]
   np.testing.assert_allclose(counts, 1 / 3, atol=0.01)
 
@@ -50,9 +55,9 @@ def test_batches_are_reproducible_and_streams_differ():
   b = _source().train_batch(7, 32)
   np.testing.assert_array_equal(a["inputs"], b["inputs"])
   different = [
-      _source().train_batch(8, 32),                 # another step
+      _source().train_batch(8, 32),  # another step
       _source(process_index=1, process_count=2).train_batch(7, 32),
-      _source(seed=1).train_batch(7, 32),           # another seed
+      _source(seed=1).train_batch(7, 32),  # another seed
   ]
   for other in different:
     assert not np.array_equal(a["inputs"], other["inputs"])
@@ -87,6 +92,7 @@ def test_eval_counts_every_example_once_across_processes():
 
 def test_bad_data_config_is_rejected():
   from adatape import run_config  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(run_config.ConfigError, match="data.seq_len"):
     parity.Config(seq_len=-3)
   with pytest.raises(run_config.ConfigError, match="data.variant"):

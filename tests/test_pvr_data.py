@@ -23,8 +23,9 @@ def test_labels_follow_every_hop_count(hops):
   for row, h, label in zip(values, batch["hops"], batch["label"]):
     assert label == _brute_force(row, h)
   # Token 0 encodes the hop count after the S value symbols.
-  np.testing.assert_array_equal(batch["inputs"][:, 0].argmax(-1),
-                                12 + batch["hops"])
+  np.testing.assert_array_equal(
+      batch["inputs"][:, 0].argmax(-1), 12 + batch["hops"]
+  )
 
 
 def test_hand_case():
@@ -35,8 +36,7 @@ def test_hand_case():
 
 
 def test_eval_has_more_hops_than_training_and_streams_are_deterministic():
-  config = pvr.Config(seq_len=10, train_hops=2, eval_hops=5,
-                      eval_examples=500)
+  config = pvr.Config(seq_len=10, train_hops=2, eval_hops=5, eval_examples=500)
   source = pvr.Source(config, seed=0, process_index=0, process_count=1)
   assert source.input_shape == (11, 16) and source.num_classes == 10
   assert source.eval_set()["hops"].max() == 5
@@ -45,11 +45,14 @@ def test_eval_has_more_hops_than_training_and_streams_are_deterministic():
   assert not np.array_equal(a["inputs"], source.train_batch(5, 8)["inputs"])
   train_hops = source.train_batch(0, 256)["inputs"][:, 0].argmax(-1) - 10
   assert train_hops.max() <= 2
-  halves = [pvr.Source(config, seed=0, process_index=p, process_count=2)
-            .train_batch(4, 4)["inputs"] for p in (0, 1)]
+  halves = [
+      pvr.Source(config, seed=0, process_index=p, process_count=2).train_batch(
+          4, 4
+      )["inputs"]
+      for p in (0, 1)
+  ]
   np.testing.assert_array_equal(np.concatenate(halves), a["inputs"])
-  counted = sum(int(batch["mask"].sum())
-                for batch in source.eval_batches(64))
+  counted = sum(int(batch["mask"].sum()) for batch in source.eval_batches(64))
   assert counted == 500
 
 

@@ -39,8 +39,8 @@ def test_shapes_and_length_bounds(shared):
 def test_one_step_by_hand():
   """Two steps on a 4-entry bank, checked against scalar arithmetic."""
   cfg = tape.TapeConfig(num_tokens=2, epsilon=1.0, key_split=1)
-  bank = np.array([[2., 0.], [1., 0.], [0., 1.], [-1., 0.]], np.float32)
-  query = np.array([[1., 0.]], np.float32)
+  bank = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+  query = np.array([[1.0, 0.0]], np.float32)
   out = tape.read_tape(query, bank, cfg)
 
   def softmax(v):
@@ -48,7 +48,7 @@ def test_one_step_by_hand():
     return e / e.sum()
 
   # Step 1: scores (2, 1, 0, -1); K = 2 picks entries 0 and 1.
-  w1 = softmax(np.array([2., 1.]) / np.sqrt(2))
+  w1 = softmax(np.array([2.0, 1.0]) / np.sqrt(2))
   token1 = w1[0] * bank[0] + w1[1] * bank[1]
   h1 = w1[0]
   assert h1 < 1.0  # Keeps reading.
@@ -62,17 +62,23 @@ def test_one_step_by_hand():
 
   np.testing.assert_array_equal(out.indices_BxSxK[0], [[0, 1], [2, 3]])
   np.testing.assert_allclose(out.weights_BxSxK[0], [w1, w2], rtol=1e-6)
-  np.testing.assert_allclose(out.tokens_BxTxD[0], [token1, token2],
-                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+      out.tokens_BxTxD[0], [token1, token2], rtol=1e-6, atol=1e-7
+  )
   np.testing.assert_allclose(out.loss_B[0], loss, rtol=1e-6)
   assert int(out.length_B[0]) == 2
 
 
 def test_max_loss_and_simple_query():
-  cfg = tape.TapeConfig(num_tokens=2, epsilon=1.0, key_split=1,
-                        loss_type="max", complex_query=False)
-  bank = np.array([[2., 0.], [1., 0.], [0., 1.], [-1., 0.]], np.float32)
-  out = tape.read_tape(np.array([[1., 0.]], np.float32), bank, cfg)
+  cfg = tape.TapeConfig(
+      num_tokens=2,
+      epsilon=1.0,
+      key_split=1,
+      loss_type="max",
+      complex_query=False,
+  )
+  bank = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+  out = tape.read_tape(np.array([[1.0, 0.0]], np.float32), bank, cfg)
   w = np.asarray(out.weights_BxSxK[0])
   expected = (1 - w[0].max()) + (1 - w[1].max()) * (w[0, 0] < 1.0)
   np.testing.assert_allclose(out.loss_B[0], expected, rtol=1e-6)
@@ -87,24 +93,30 @@ def test_batch_independence_and_legacy_gather_breaks_it():
   query, bank = _random(batch=8)
   batched = tape.read_tape(query, bank, CFG)
   for b in range(8):
-    alone = tape.read_tape(query[b:b + 1], bank[b:b + 1], CFG)
+    alone = tape.read_tape(query[b : b + 1], bank[b : b + 1], CFG)
     assert int(alone.length_B[0]) == int(batched.length_B[b])
-    np.testing.assert_allclose(alone.tokens_BxTxD[0], batched.tokens_BxTxD[b],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        alone.tokens_BxTxD[0], batched.tokens_BxTxD[b], rtol=1e-5, atol=1e-6
+    )
   # The official flat gather reads example 0's scores for everyone.
   legacy = dataclasses.replace(CFG, legacy_flat_gather=True)
   batched = tape.read_tape(query, bank, legacy)
   differs = [
-      not np.allclose(tape.read_tape(query[b:b + 1], bank[b:b + 1],
-                                     legacy).weights_BxSxK[0],
-                      batched.weights_BxSxK[b])
-      for b in range(1, 8)]
+      not np.allclose(
+          tape.read_tape(
+              query[b : b + 1], bank[b : b + 1], legacy
+          ).weights_BxSxK[0],
+          batched.weights_BxSxK[b],
+      )
+      for b in range(1, 8)
+  ]
   assert any(differs)
 
 
 def _loss_grad(cfg, query, bank):
   def f(bank):
     return tape.read_tape(query, bank, cfg).loss_B.sum()
+
   return np.asarray(jax.grad(f)(bank))
 
 
@@ -114,8 +126,9 @@ def test_atr_loss_gradient_reaches_every_example():
   per_example = np.abs(grad).reshape(6, -1).sum(1)
   assert np.all(per_example > 0), per_example
   # The official flat gather zeroes the gradient of examples 1..B-1.
-  legacy = _loss_grad(dataclasses.replace(CFG, legacy_flat_gather=True),
-                      query, bank)
+  legacy = _loss_grad(
+      dataclasses.replace(CFG, legacy_flat_gather=True), query, bank
+  )
   assert np.abs(legacy[1:]).sum() == 0 and np.abs(legacy[0]).sum() > 0
 
 
@@ -126,14 +139,20 @@ def test_early_stop_skip_is_identical():
   query = query * 50
   plain = tape.read_tape(query, bank, CFG)
   assert int(plain.length_B.max()) < 10
-  skipped = tape.read_tape(query, bank, dataclasses.replace(
-      CFG, early_stop=True))
+  skipped = tape.read_tape(
+      query, bank, dataclasses.replace(CFG, early_stop=True)
+  )
   for a, b in zip(plain[:4], skipped[:4]):
     np.testing.assert_array_equal(a, b)
-  grad = lambda c: jax.grad(  # pylint: disable=g-long-lambda
-      lambda q: tape.read_tape(q, bank, c).tokens_BxTxD.sum())(query)
+
+  def grad(c):
+    return jax.grad(lambda q: tape.read_tape(q, bank, c).tokens_BxTxD.sum())(
+        query
+    )
+
   np.testing.assert_array_equal(
-      grad(CFG), grad(dataclasses.replace(CFG, early_stop=True)))
+      grad(CFG), grad(dataclasses.replace(CFG, early_stop=True))
+  )
 
 
 def test_fixed_selection_is_hard_top_t_with_gradient():
@@ -145,14 +164,16 @@ def test_fixed_selection_is_hard_top_t_with_gradient():
   assert np.all(np.asarray(out.length_B) == 10)
   # Unlike the official fallback (hard top-T), the selection gets a
   # gradient.
-  grad = jax.grad(lambda q: (tape.read_tape(q, bank, cfg).tokens_BxTxD
-                             * np.arange(8)).sum())(query)
+  grad = jax.grad(
+      lambda q: (tape.read_tape(q, bank, cfg).tokens_BxTxD * np.arange(8)).sum()
+  )(query)
   assert np.all(np.abs(np.asarray(grad)).sum(1) > 0)
 
 
 def test_tokens_per_step_emits_groups():
-  cfg = tape.TapeConfig(num_tokens=8, tokens_per_step=2, epsilon=2.0,
-                        key_split=1)
+  cfg = tape.TapeConfig(
+      num_tokens=8, tokens_per_step=2, epsilon=2.0, key_split=1
+  )
   query, bank = _random(batch=5, bank=32)
   out = tape.read_tape(query, bank, cfg)
   assert out.tokens_BxTxD.shape == (5, 8, 8)
@@ -182,14 +203,17 @@ def test_bank_dropout_hides_entries():
   assert np.all(np.asarray(out.indices_BxSxK) >= 8)
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    (dict(epsilon=9.0, num_tokens=8), "tape.epsilon"),
-    (dict(num_tokens=0), "tape.num_tokens"),
-    (dict(num_tokens=8, tokens_per_step=3), "tape.num_tokens"),
-    (dict(loss_type="shannon"), "tape.loss_type"),
-    (dict(bank="learn", bank_size=0), "tape.bank_size"),
-    (dict(bank_dropout=1.0), "tape.bank_dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(epsilon=9.0, num_tokens=8), "tape.epsilon"),
+        (dict(num_tokens=0), "tape.num_tokens"),
+        (dict(num_tokens=8, tokens_per_step=3), "tape.num_tokens"),
+        (dict(loss_type="shannon"), "tape.loss_type"),
+        (dict(bank="learn", bank_size=0), "tape.bank_size"),
+        (dict(bank_dropout=1.0), "tape.bank_dropout"),
+    ],
+)
 def test_bad_tape_configs_are_rejected(kwargs, key):
   with pytest.raises(run_config.ConfigError, match=key):
     tape.TapeConfig(**kwargs)

@@ -30,9 +30,11 @@ def _abstract_state(config, mesh_config):
   run = assemble.prepare(config)
   tx = optim.create(run.optim, 10)
   abstract = jax.eval_shape(
-      lambda k: train.init_state(k, model=run.model, tx=tx,
-                                 input_shape=run.source.input_shape),
-      jax.random.key(0))
+      lambda k: train.init_state(
+          k, model=run.model, tx=tx, input_shape=run.source.input_shape
+      ),
+      jax.random.key(0),
+  )
   mesh = parallel.make_mesh(mesh_config)
   return abstract, mesh, parallel.state_shardings(abstract, mesh, mesh_config)
 
@@ -52,20 +54,25 @@ def test_fsdp_and_model_axis_shard_parameters_and_optimizer_state():
   block = ("encoderblock_0",)
   # MLP hidden units over `model`, then the other dimension over `data`.
   assert _spec(shardings, *block, "mlp", "Dense_0", "kernel") == P(
-      "data", "model")
+      "data", "model"
+  )
   assert _spec(shardings, *block, "mlp", "Dense_1", "kernel") == P(
-      "model", "data")
+      "model", "data"
+  )
   # Attention heads over `model`.
   assert _spec(shardings, *block, "attention", "query", "kernel")[1] == (
-      "model")
+      "model"
+  )
   # Adam moments are laid out like their parameters.
   adam = shardings.opt_state[1][0]
   assert adam.mu["encoderblock_0"]["mlp"]["Dense_0"]["kernel"].spec == P(
-      "data", "model")
+      "data", "model"
+  )
   # Scalars stay replicated; FSDP divides the state across devices.
   assert shardings.step.spec == P()
   replicated = parallel.state_shardings(
-      abstract, mesh, parallel.Config(data=4, model=2))
+      abstract, mesh, parallel.Config(data=4, model=2)
+  )
   full = parallel.bytes_per_device(abstract, replicated)
   split = parallel.bytes_per_device(abstract, shardings)
   assert split < full / 2
@@ -74,15 +81,17 @@ def test_fsdp_and_model_axis_shard_parameters_and_optimizer_state():
 def test_indivisible_dimensions_stay_replicated():
   mesh = parallel.make_mesh(parallel.Config(data=8))
   assert parallel.leaf_spec("w", (6, 12), mesh, fsdp=True) == P(None, None)
-  assert parallel.leaf_spec("w", (16, 24), mesh, fsdp=True) == P(
-      None, "data")
+  assert parallel.leaf_spec("w", (16, 24), mesh, fsdp=True) == P(None, "data")
 
 
-@pytest.mark.parametrize("mesh_overrides", [
-    {"mesh.data": 8},
-    {"mesh.data": 8, "mesh.sharding": "fsdp"},
-    {"mesh.data": 4, "mesh.model": 2, "mesh.sharding": "fsdp"},
-])
+@pytest.mark.parametrize(
+    "mesh_overrides",
+    [
+        {"mesh.data": 8},
+        {"mesh.data": 8, "mesh.sharding": "fsdp"},
+        {"mesh.data": 4, "mesh.model": 2, "mesh.sharding": "fsdp"},
+    ],
+)
 def test_sharded_runs_match_one_device(tmp_path, mesh_overrides):
   assert jax.device_count() == 8
   one = str(tmp_path / "one")

@@ -59,8 +59,9 @@ def _imagenet_manual_dir(path: str) -> str:
   """ILSVRC2012_img_{train,val}.tar with generated JPEGs of random sizes."""
   rng = np.random.default_rng(0)
   os.makedirs(path)
-  with tarfile.open(os.path.join(path, "ILSVRC2012_img_train.tar"),
-                    "w") as outer:
+  with tarfile.open(
+      os.path.join(path, "ILSVRC2012_img_train.tar"), "w"
+  ) as outer:
     for synset in SYNSETS:
       inner_bytes = io.BytesIO()
       with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
@@ -81,16 +82,22 @@ class FakeJft(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(encoding_format="jpeg"),
-            "labels": tfds.features.Sequence(
-                tfds.features.ClassLabel(num_classes=JFT_CLASSES)),
-        }))
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(encoding_format="jpeg"),
+                "labels": tfds.features.Sequence(
+                    tfds.features.ClassLabel(num_classes=JFT_CLASSES)
+                ),
+            }
+        ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples(24, 1),
-            "validation": self._generate_examples(7, 2)}
+    return {
+        "train": self._generate_examples(24, 1),
+        "validation": self._generate_examples(7, 2),
+    }
 
   def _generate_examples(self, count, seed):  # pylint: disable=arguments-differ
     rng = np.random.default_rng(seed)
@@ -107,10 +114,11 @@ def datasets(tmp_path_factory):
   dirs = {}
   for file_format in ("tfrecord", "array_record"):
     dirs[file_format] = str(root / file_format)
-    tfds.builder("imagenet2012", data_dir=dirs[file_format],
-                 file_format=file_format).download_and_prepare(
-                     download_config=tfds.download.DownloadConfig(
-                         manual_dir=manual))
+    tfds.builder(
+        "imagenet2012", data_dir=dirs[file_format], file_format=file_format
+    ).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual)
+    )
   dirs["jft"] = str(root / "jft")
   FakeJft(data_dir=dirs["jft"]).download_and_prepare()
   return dirs
@@ -118,24 +126,37 @@ def datasets(tmp_path_factory):
 
 def _source(data_dir, process_index=0, process_count=1, **kw):
   kw = {"image_size": 24, "eval_resize": 28, "shuffle_buffer": 7, **kw}
-  return stream.Source(stream.Config(data_dir=data_dir, **kw), seed=5,
-                       process_index=process_index,
-                       process_count=process_count)
+  return stream.Source(
+      stream.Config(data_dir=data_dir, **kw),
+      seed=5,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 def _plain(**kw):
   """No randomness but the order: whole image resized, no flip/mixup."""
-  return dict(crop_area_min=1.0, flip=False, randaug_layers=0,
-              mixup_alpha=0.0, **kw)
+  return dict(
+      crop_area_min=1.0, flip=False, randaug_layers=0, mixup_alpha=0.0, **kw
+  )
 
 
 def _split_images(datasets, split, size=24):
   """Every image of a split, decoded and resized as `_plain` does."""
   ds = tfds.builder("imagenet2012", data_dir=datasets["tfrecord"]).as_dataset(
-      split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  return np.stack([image_ops.value_range(tf.cast(tf.image.resize(
-      image_ops.decode(ex["image"]), (size, size)), tf.uint8)).numpy()
-                   for ex in ds])
+      split=split, decoders={"image": tfds.decode.SkipDecoding()}
+  )
+  return np.stack(
+      [
+          image_ops.value_range(
+              tf.cast(
+                  tf.image.resize(image_ops.decode(ex["image"]), (size, size)),
+                  tf.uint8,
+              )
+          ).numpy()
+          for ex in ds
+      ]
+  )
 
 
 def _sorted(images):
@@ -144,8 +165,9 @@ def _sorted(images):
 
 
 @pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
-def test_resume_at_any_step_gives_the_uninterrupted_batches(datasets,
-                                                            file_format):
+def test_resume_at_any_step_gives_the_uninterrupted_batches(
+    datasets, file_format
+):
   data_dir = datasets[file_format]
   source = _source(data_dir, 1, 2)
   assert source.num_classes == 1000 and source.input_shape == (24, 24, 3)
@@ -156,62 +178,78 @@ def test_resume_at_any_step_gives_the_uninterrupted_batches(datasets,
     resumed = _source(data_dir, 1, 2).train_batch(step, 4)
     for key in ("inputs", "label"):
       np.testing.assert_array_equal(resumed[key], stream_batches[step][key])
-  assert not np.array_equal(stream_batches[0]["inputs"],
-                            stream_batches[1]["inputs"])
+  assert not np.array_equal(
+      stream_batches[0]["inputs"], stream_batches[1]["inputs"]
+  )
   other_process = _source(data_dir, 0, 2).train_batch(0, 4)
-  assert not np.array_equal(other_process["inputs"],
-                            stream_batches[0]["inputs"])
+  assert not np.array_equal(
+      other_process["inputs"], stream_batches[0]["inputs"]
+  )
 
 
 @pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
-def test_each_epoch_is_a_permutation_of_the_process_parts(datasets,
-                                                          file_format):
+def test_each_epoch_is_a_permutation_of_the_process_parts(
+    datasets, file_format
+):
   data_dir = datasets[file_format]
   whole = _split_images(datasets, "train")
   epochs = {0: [], 1: []}
   for index in (0, 1):
     source = _source(data_dir, index, 2, **_plain())
-    rows = np.concatenate([source.train_batch(s, 3)["inputs"]
-                           for s in range(6)])  # 2 epochs of 9.
+    rows = np.concatenate(
+        [source.train_batch(s, 3)["inputs"] for s in range(6)]
+    )  # 2 epochs of 9.
     epochs[0].append(rows[:9])
     epochs[1].append(rows[9:])
   for epoch in (0, 1):
     # The two processes' parts are disjoint and cover the split.
-    np.testing.assert_array_equal(_sorted(np.concatenate(epochs[epoch])),
-                                  _sorted(whole))
+    np.testing.assert_array_equal(
+        _sorted(np.concatenate(epochs[epoch])), _sorted(whole)
+    )
   # Epoch 1 is another order than epoch 0.
   assert not np.array_equal(epochs[0][0], epochs[1][0])
 
 
 @pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
-def test_eval_counts_every_example_once_across_two_hosts(datasets,
-                                                         file_format):
+def test_eval_counts_every_example_once_across_two_hosts(datasets, file_format):
   data_dir = datasets[file_format]
   hosts = [_source(data_dir, i, 2) for i in (0, 1)]
   batches = [list(h.eval_batches(4)) for h in hosts]
   assert [len(b) for b in batches] == [2, 2]  # Collectives need equal counts.
   assert [[int(b["mask"].sum()) for b in host] for host in batches] == [
-      [4, 2], [4, 1]]
-  seen = np.concatenate([b["inputs"][b["mask"] > 0]
-                         for host in batches for b in host])
-  labels = np.concatenate([b["label"][b["mask"] > 0]
-                           for host in batches for b in host])
+      [4, 2],
+      [4, 1],
+  ]
+  seen = np.concatenate(
+      [b["inputs"][b["mask"] > 0] for host in batches for b in host]
+  )
+  labels = np.concatenate(
+      [b["label"][b["mask"] > 0] for host in batches for b in host]
+  )
   # The reference reads the TFRecord copy (same examples).
   ds = tfds.builder("imagenet2012", data_dir=datasets["tfrecord"]).as_dataset(
-      split="validation")
-  reference = [(stream.images.eval_image(ex["image"], hosts[0].config).numpy(),
-                int(ex["label"])) for ex in ds]
+      split="validation"
+  )
+  reference = [
+      (
+          stream.images.eval_image(ex["image"], hosts[0].config).numpy(),
+          int(ex["label"]),
+      )
+      for ex in ds
+  ]
   assert len(seen) == VAL
   np.testing.assert_array_equal(
-      _sorted(seen), _sorted(np.stack([r[0] for r in reference])))
+      _sorted(seen), _sorted(np.stack([r[0] for r in reference]))
+  )
   assert sorted(labels.tolist()) == sorted(r[1] for r in reference)
   for host in batches:  # Padding rows are zeros with mask 0.
     assert not host[-1]["inputs"][host[-1]["mask"] == 0].any()
 
 
 def test_multi_label_targets_and_sigmoid_loss(datasets):
-  source = _source(datasets["jft"], dataset="fake_jft", label_key="labels",
-                   **_plain())
+  source = _source(
+      datasets["jft"], dataset="fake_jft", label_key="labels", **_plain()
+  )
   assert source.num_classes == JFT_CLASSES and source.multi_label
   batch = source.train_batch(0, 24)
   targets = batch["label"]
@@ -220,7 +258,8 @@ def test_multi_label_targets_and_sigmoid_loss(datasets):
   assert 1 <= targets.sum(1).min() and targets.sum(1).max() <= 3
   # One epoch of 24 = the split: the label sets' histogram matches.
   ds = tfds.builder("fake_jft", data_dir=datasets["jft"]).as_dataset(
-      split="train")
+      split="train"
+  )
   expected = np.zeros(JFT_CLASSES)
   for ex in ds:
     expected[ex["labels"].numpy()] += 1
@@ -233,13 +272,15 @@ def test_multi_label_targets_and_sigmoid_loss(datasets):
   # precision@1: the top logit is one of the example's labels.
   top = np.where(targets[np.arange(24), logits.argmax(-1)] > 0, 1.0, 0.0)
   np.testing.assert_array_equal(
-      np.asarray(losses.top1_correct(logits, targets)), top)
+      np.asarray(losses.top1_correct(logits, targets)), top
+  )
 
 
 def test_bad_data_configs_are_clear_errors(datasets, tmp_path):
-  with pytest.raises(run_config.ConfigError,
-                     match="not prepared.*tfds build imagenet2012 "
-                     "--manual_dir="):
+  with pytest.raises(
+      run_config.ConfigError,
+      match="not prepared.*tfds build imagenet2012 " "--manual_dir=",
+  ):
     _source(str(tmp_path / "empty"))
   assert not (tmp_path / "empty").exists()
   with pytest.raises(run_config.ConfigError, match="data.label_key"):
@@ -256,17 +297,26 @@ def test_bad_data_configs_are_clear_errors(datasets, tmp_path):
       (imagenet_vit, "variant=S/15", "variant"),
       (imagenet_adatape, "bank=both", "bank"),
       (jft_adatape, "variant=B/16", "dataset"),
-      (jft_finetune, "method=vit", "init_from")):
+      (jft_finetune, "method=vit", "init_from"),
+  ):
     with pytest.raises(run_config.ConfigError, match=key):
       module.get_config(arg)
 
 
 def test_command_line_says_how_to_prepare_imagenet(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "adatape.main",
-       f"--config=configs/imagenet/vit.py:data_dir={tmp_path / 'none'}",
-       f"--workdir={tmp_path / 'run'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "adatape.main",
+          f"--config=configs/imagenet/vit.py:data_dir={tmp_path / 'none'}",
+          f"--workdir={tmp_path / 'run'}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert "not prepared" in last and "--manual_dir" in last
@@ -285,13 +335,17 @@ def test_paper_configs_build_for_every_variant_and_bank(datasets):
   # The JFT family: pre-training on a multi-label dataset, both methods,
   # and fine-tuning either on ImageNet.
   for module in (jft_vit, jft_adatape):
-    run = assemble.prepare(module.get_config(
-        f"dataset=fake_jft,data_dir={datasets['jft']},variant=B/16"))
+    run = assemble.prepare(
+        module.get_config(
+            f"dataset=fake_jft,data_dir={datasets['jft']},variant=B/16"
+        )
+    )
     assert run.source.num_classes == JFT_CLASSES and run.source.multi_label
   for method in ("vit", "adatape"):
     config = jft_finetune.get_config(
         f"init_from=/pretrained,method={method},"
-        f"data_dir={datasets['tfrecord']}")
+        f"data_dir={datasets['tfrecord']}"
+    )
     assert config.data.image_size == 384 and config.optim.name == "sgd"
     assert assemble.prepare(config).source.num_classes == 1000
   points = []
@@ -314,10 +368,12 @@ def test_few_step_vit_training_on_imagenet2012(datasets, tmp_path):
   assert np.isfinite(results["eval/loss"])
 
 
-def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path,
-                                                       monkeypatch):
+def test_heatmap_table_and_throughput_of_a_streamed_run(
+    datasets, tmp_path, monkeypatch
+):
   config = imagenet_adatape.get_config(
-      f"tiny,bank=input,data_dir={datasets['array_record']}")
+      f"tiny,bank=input,data_dir={datasets['array_record']}"
+  )
   workdir = str(tmp_path / "run")
   results = train.train_and_evaluate(config, workdir)
   assert results["eval/examples"] == VAL
@@ -326,25 +382,34 @@ def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path,
   reads, _ = heatmaps.bank_reads(workdir)
   assert reads.shape == (VAL, (32 // 4) ** 2)
   k = int(config.tape.num_tokens // config.tape.epsilon)
-  np.testing.assert_allclose(reads.sum(1).mean(),
-                             k * results["eval/tape_length"], rtol=1e-5)
+  np.testing.assert_allclose(
+      reads.sum(1).mean(), k * results["eval/tape_length"], rtol=1e-5
+  )
   row = imagenet_table.row(workdir)
   out = tmp_path / "table.md"
-  monkeypatch.setattr(sys, "argv", ["imagenet_table.py", f"--root={tmp_path}",
-                                    f"--out={out}"])
+  monkeypatch.setattr(
+      sys, "argv", ["imagenet_table.py", f"--root={tmp_path}", f"--out={out}"]
+  )
   imagenet_table.main()  # --root finds the run; md and csv are written.
   assert "| run | AdaTape-ViT |" in out.read_text()
   assert (tmp_path / "table.csv").read_text().count("\n") == 2
   assert row["top1"] == results["eval/accuracy"]
   assert row["model"] == "AdaTape-ViT" and row["bank"] == "input"
   assert row["images_per_s"] == pytest.approx(
-      results["steps_per_sec"] * config.batch_size)
+      results["steps_per_sec"] * config.batch_size
+  )
   assert 0 < row["effective_gflops"] <= row["static_gflops"]
-  vit = throughput.Bench("vit", imagenet_vit.get_config("tiny"), None,
-                         batch=4, num_classes=1000)
+  vit = throughput.Bench(
+      "vit", imagenet_vit.get_config("tiny"), None, batch=4, num_classes=1000
+  )
   run_config_, _, params = analysis.read_run(workdir)
-  run = throughput.Bench("run", run_config_, params, batch=4,
-                         num_classes=throughput.head_classes(params))
+  run = throughput.Bench(
+      "run",
+      run_config_,
+      params,
+      batch=4,
+      num_classes=throughput.head_classes(params),
+  )
   rows = throughput.run([vit, run], repeats=1)
   assert rows["vit"]["effective_gflops"] == rows["vit"]["static_gflops"]
   assert rows["vit"]["tape_length"] is None
@@ -352,9 +417,11 @@ def test_heatmap_table_and_throughput_of_a_streamed_run(datasets, tmp_path,
   # its unread slots are what separates static from effective.
   assert rows["run"]["static_gflops"] > rows["vit"]["static_gflops"]
   assert rows["run"]["effective_gflops"] == pytest.approx(
-      rows["run"]["static_gflops"]) or (
-          rows["run"]["effective_gflops"] < rows["run"]["static_gflops"]
-          and rows["run"]["tape_length"] < config.tape.num_tokens)
+      rows["run"]["static_gflops"]
+  ) or (
+      rows["run"]["effective_gflops"] < rows["run"]["static_gflops"]
+      and rows["run"]["tape_length"] < config.tape.num_tokens
+  )
   for r in rows.values():
     assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
 
@@ -364,22 +431,24 @@ def test_few_step_training_under_tfds_mock_data(datasets, tmp_path):
   # features (random-size JPEGs, 1000 classes); the split sizes are the
   # prepared dataset's.
   config = imagenet_adatape.get_config(
-      f"tiny,bank=learn,data_dir={datasets['tfrecord']}")
+      f"tiny,bank=learn,data_dir={datasets['tfrecord']}"
+  )
   # mock_data fakes the file system while `as_dataset` runs (eval opens a
   # dataset), which would catch an async checkpoint in flight: save only
   # at the end, after the last eval.
   config.checkpoint_every_steps = config.total_steps
-  with tfds.testing.mock_data(num_examples=16,
-                              policy=tfds.testing.MockPolicy.USE_FILES,
-                              data_dir=datasets["tfrecord"]):
+  with tfds.testing.mock_data(
+      num_examples=16,
+      policy=tfds.testing.MockPolicy.USE_FILES,
+      data_dir=datasets["tfrecord"],
+  ):
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["eval/examples"] == VAL
   assert np.isfinite(results["eval/loss"])
   assert 0 < results["eval/tape_length"] <= config.tape.num_tokens
 
 
-def test_two_processes_read_their_parts_and_count_eval_once(datasets,
-                                                           tmp_path):
+def test_two_processes_read_their_parts_and_count_eval_once(datasets, tmp_path):
   # Two real processes (jax.distributed on localhost), each reading its
   # even_splits part; eval batches are padded to equal counts, so the
   # collectives line up, and the masked sums count all 11 examples once.
@@ -387,15 +456,32 @@ def test_two_processes_read_their_parts_and_count_eval_once(datasets,
     sock.bind(("localhost", 0))
     port = sock.getsockname()[1]
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             ADATAPE_DISTRIBUTED="1", ADATAPE_COORDINATOR=f"localhost:{port}",
-             ADATAPE_NUM_PROCESSES="2")
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "adatape.main", f"--workdir={workdir}",
-       f"--config=configs/imagenet/adatape.py:tiny,"
-       f"data_dir={datasets['tfrecord']}", "--config.total_steps=4"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=dict(env, ADATAPE_PROCESS_ID=str(i))) for i in range(2)]
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      ADATAPE_DISTRIBUTED="1",
+      ADATAPE_COORDINATOR=f"localhost:{port}",
+      ADATAPE_NUM_PROCESSES="2",
+  )
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-m",
+              "adatape.main",
+              f"--workdir={workdir}",
+              f"--config=configs/imagenet/adatape.py:tiny,"
+              f"data_dir={datasets['tfrecord']}",
+              "--config.total_steps=4",
+          ],
+          cwd=REPO,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+          env=dict(env, ADATAPE_PROCESS_ID=str(i)),
+      )
+      for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300) for p in procs]
   for proc, (_, err) in zip(procs, outputs):
     assert proc.returncode == 0, err[-3000:]
@@ -404,16 +490,17 @@ def test_two_processes_read_their_parts_and_count_eval_once(datasets,
   assert results["num_devices"] == 2 and results["eval/examples"] == VAL
 
 
-def test_jft_pretraining_then_imagenet_finetuning(datasets, tmp_path,
-                                                  capsys):
+def test_jft_pretraining_then_imagenet_finetuning(datasets, tmp_path, capsys):
   pretrain = jft_adatape.get_config(
-      f"tiny,dataset=fake_jft,data_dir={datasets['jft']}")
+      f"tiny,dataset=fake_jft,data_dir={datasets['jft']}"
+  )
   assert pretrain.loss == "sigmoid_xent"
   results = train.train_and_evaluate(pretrain, str(tmp_path / "jft"))
   assert results["eval/examples"] == 7
   finetune = jft_finetune.get_config(
       f"tiny,init_from={tmp_path / 'jft'},method=adatape,"
-      f"data_dir={datasets['tfrecord']}")
+      f"data_dir={datasets['tfrecord']}"
+  )
   assert finetune.optim.name == "sgd" and finetune.data.image_size == 48
   capsys.readouterr()
   results = train.train_and_evaluate(finetune, str(tmp_path / "ft"))
@@ -421,21 +508,29 @@ def test_jft_pretraining_then_imagenet_finetuning(datasets, tmp_path,
   # 32 -> 48 px: both position embeddings follow the larger patch grids
   # (4x4 -> 6x6 patches, 8x8 -> 12x12 bank entries); the head is new.
   printed = capsys.readouterr().out
-  assert ("resampled to this image size: bank/posembed_input_bank, "
-          "stem/posembed_input;" in printed)
-  assert ("fresh: head/output_projection/bias, "
-          "head/output_projection/kernel\n" in printed)
+  assert (
+      "resampled to this image size: bank/posembed_input_bank, "
+      "stem/posembed_input;" in printed
+  )
+  assert (
+      "fresh: head/output_projection/bias, "
+      "head/output_projection/kernel\n" in printed
+  )
 
 
 def test_resample_grid_keeps_a_smooth_embedding():
   # A linear ramp over the grid stays a ramp (bilinear), at the new size.
   ramp = np.linspace(-1, 1, 4, dtype=np.float32)
   grid = (ramp[:, None, None] + 2 * ramp[None, :, None]) * np.ones(
-      (1, 1, 3), np.float32)
+      (1, 1, 3), np.float32
+  )
   out = init_from.resample_grid(grid.reshape(1, 16, 3), 64).reshape(8, 8, 3)
   assert out.dtype == np.float32
   assert np.all(np.diff(out[2:6, 3, 0]) > 0) and np.all(
-      np.diff(out[3, 2:6, 0]) > 0)
+      np.diff(out[3, 2:6, 0]) > 0
+  )
   np.testing.assert_allclose(out.mean(), grid.mean(), atol=1e-6)
   np.testing.assert_array_equal(
-      init_from.resample_grid(grid.reshape(1, 16, 3), 16), grid.reshape(1, 16, 3))
+      init_from.resample_grid(grid.reshape(1, 16, 3), 16),
+      grid.reshape(1, 16, 3),
+  )

@@ -51,11 +51,21 @@ def test_train_step_learns_a_fixed_batch():
   config = _tiny(**{"optim.learning_rate": 3e-3})
   run = assemble.prepare(config)
   tx = optim.create(run.optim, 100)
-  state = train.init_state(jax.random.key(0), model=run.model, tx=tx,
-                           input_shape=run.source.input_shape)
-  step = jax.jit(functools.partial(
-      train.train_step, model=run.model, tx=tx,
-      lr_fn=optim.schedule(run.optim, 100), loss=config.loss))
+  state = train.init_state(
+      jax.random.key(0),
+      model=run.model,
+      tx=tx,
+      input_shape=run.source.input_shape,
+  )
+  step = jax.jit(
+      functools.partial(
+          train.train_step,
+          model=run.model,
+          tx=tx,
+          lr_fn=optim.schedule(run.optim, 100),
+          loss=config.loss,
+      )
+  )
   batch = run.source.train_batch(0, 16)
   losses = []
   for _ in range(40):
@@ -72,9 +82,18 @@ def test_run_writes_every_file(tmp_path):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
-      "2", "4", "6"]
-  for key in ("eval/accuracy", "eval/tape_length", "steps", "wall_time_s",
-              "steps_per_sec", "num_params"):
+      "2",
+      "4",
+      "6",
+  ]
+  for key in (
+      "eval/accuracy",
+      "eval/tape_length",
+      "steps",
+      "wall_time_s",
+      "steps_per_sec",
+      "num_params",
+  ):
     assert key in results, key
   assert results["eval/examples"] == 40  # Every eval example, once.
   assert 1 <= results["eval/tape_length"] <= 4
@@ -114,8 +133,7 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
   monkeypatch.setattr(parity.Source, "train_batch", fail_at_step_5)
   with pytest.raises(_Interrupt):
     train.train_and_evaluate(_tiny(), resumed)
-  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == [
-      "2", "4"]
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2", "4"]
   monkeypatch.setattr(parity.Source, "train_batch", original)
   train.train_and_evaluate(_tiny(), resumed)
 
@@ -133,12 +151,12 @@ def test_four_devices_match_one_device(tmp_path):
   steps_four, loss_four = zip(*_losses(four))
   assert steps_one == steps_four
   np.testing.assert_allclose(loss_one, loss_four, rtol=1e-5)
-  _assert_trees_equal(_final_params(one, 6), _final_params(four, 6),
-                      rtol=1e-4)
+  _assert_trees_equal(_final_params(one, 6), _final_params(four, 6), rtol=1e-4)
 
 
-def test_non_finite_loss_stops_with_last_checkpoint_intact(tmp_path,
-                                                           monkeypatch):
+def test_non_finite_loss_stops_with_last_checkpoint_intact(
+    tmp_path, monkeypatch
+):
   original = parity.Source.train_batch
 
   def poison_from_step_3(self, step, local_batch):
@@ -192,7 +210,7 @@ def test_every_config_and_sweep_point_builds():
         module.get_config("stage=teacher")
     points = []
     if hasattr(module, "sweep"):
-      module.sweep(lambda **kw: points.append(kw))
+      module.sweep(lambda points=points, **kw: points.append(kw))
       assert points, path
     for point in points:
       config = module.get_config()
@@ -205,18 +223,20 @@ def test_every_config_and_sweep_point_builds():
 def test_reporter_writes_to_a_url_filesystem():
   # TensorFlow's in-memory filesystem stands in for gs://.
   from adatape import reporting  # pylint: disable=g-import-not-at-top
+
   workdir = "ram://adatape_test_run"
-  reporter = reporting.Reporter(workdir, total_steps=4, start_step=0,
-                                is_main=True)
+  reporter = reporting.Reporter(
+      workdir, total_steps=4, start_step=0, is_main=True
+  )
   reporter.write(2, {"train/loss": 1.5})
   reporter.write(4, {"train/loss": 1.0})
   reporter.close()
   reporting.atomic_write_json(workdir + "/results.json", {"steps": 4})
   assert reporting.read_json(workdir + "/results.json") == {"steps": 4}
   # A resumed segment from step 2 drops the rows logged after it.
-  reporting.Reporter(workdir, total_steps=4, start_step=2,
-                     is_main=True).close()
+  reporting.Reporter(workdir, total_steps=4, start_step=2, is_main=True).close()
   from tensorflow.io import gfile  # pylint: disable=g-import-not-at-top
+
   with gfile.GFile(workdir + "/metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [2]
@@ -227,25 +247,33 @@ def test_losses_take_class_indices_multi_hot_and_soft_targets():
   labels = np.array([0, 3, 1, 2, 2])
   onehot = jax.nn.one_hot(labels, 4)
   for loss in losses.LOSSES:
-    np.testing.assert_allclose(losses.task_loss(logits, onehot, loss),
-                               losses.task_loss(logits, labels, loss),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.task_loss(logits, onehot, loss),
+        losses.task_loss(logits, labels, loss),
+        rtol=1e-6,
+    )
   # Mixup-style soft targets: the loss is the same mixture of the two.
   soft = 0.3 * onehot + 0.7 * onehot[::-1]
   np.testing.assert_allclose(
       losses.task_loss(logits, soft, "softmax_xent"),
       0.3 * losses.task_loss(logits, labels, "softmax_xent")
       + 0.7 * losses.task_loss(logits, labels[::-1], "softmax_xent"),
-      rtol=1e-5)
+      rtol=1e-5,
+  )
   # Multi-hot with sigmoid: a sum of per-class binary losses.
   multi = np.array([[1, 0, 1, 0]] * 5, np.float32)
-  expected = -(multi * jax.nn.log_sigmoid(logits)
-               + (1 - multi) * jax.nn.log_sigmoid(-logits)).sum(-1)
-  np.testing.assert_allclose(losses.task_loss(logits, multi, "sigmoid_xent"),
-                             expected, rtol=1e-5)
+  expected = -(
+      multi * jax.nn.log_sigmoid(logits)
+      + (1 - multi) * jax.nn.log_sigmoid(-logits)
+  ).sum(-1)
+  np.testing.assert_allclose(
+      losses.task_loss(logits, multi, "sigmoid_xent"), expected, rtol=1e-5
+  )
   # Precision@1 for targets: the top class must be a positive one.
   top = np.asarray(logits.argmax(-1))
-  np.testing.assert_array_equal(losses.top1_correct(logits, multi),
-                                (top == 0) | (top == 2))
-  np.testing.assert_array_equal(losses.top1_correct(logits, labels),
-                                top == labels)
+  np.testing.assert_array_equal(
+      losses.top1_correct(logits, multi), (top == 0) | (top == 2)
+  )
+  np.testing.assert_array_equal(
+      losses.top1_correct(logits, labels), top == labels
+  )

@@ -16,45 +16,55 @@ import numpy as np
 
 from adatape import run_config
 
-
 # Modules here that are helpers of sources, not sources.
 _NOT_SOURCES = ("image_ops", "digits_builder")
 
 
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__)
-                if m.name not in _NOT_SOURCES)
+  return sorted(
+      m.name
+      for m in pkgutil.iter_modules(__path__)
+      if m.name not in _NOT_SOURCES
+  )
 
 
-def create(config: ml_collections.ConfigDict, *, process_index: int,
-           process_count: int) -> Any:
+def create(
+    config: ml_collections.ConfigDict, *, process_index: int, process_count: int
+) -> Any:
   """Builds the data source named by `config.data.name`."""
   name = config.data.name
   run_config.check_choice("data.name", name, tuple(available()))
   module = importlib.import_module(f"adatape.data.{name}")
   data_config = run_config.to_dataclass(module.Config, config.data, "data")
-  return module.Source(data_config, seed=config.seed,
-                       process_index=process_index,
-                       process_count=process_count)
+  return module.Source(
+      data_config,
+      seed=config.seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
-def process_slice(batch: dict[str, np.ndarray], local_batch: int,
-                  process_index: int) -> dict[str, np.ndarray]:
+def process_slice(
+    batch: dict[str, np.ndarray], local_batch: int, process_index: int
+) -> dict[str, np.ndarray]:
   """This process's rows of a global batch."""
   start = process_index * local_batch
-  return {k: v[start:start + local_batch] for k, v in batch.items()}
+  return {k: v[start : start + local_batch] for k, v in batch.items()}
 
 
-def padded_eval_batches(data: dict[str, np.ndarray], local_batch: int,
-                        process_index: int, process_count: int
-                        ) -> Iterator[dict[str, np.ndarray]]:
+def padded_eval_batches(
+    data: dict[str, np.ndarray],
+    local_batch: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
   """A process's share of a fixed eval set, padded, with a `mask` key.
 
   Every process yields the same number of batches (collectives need it);
   padding rows have mask 0, so masked sums over all processes count every
   example exactly once.
   """
-  total = len(next(iter(data.values())))
+  (total,) = {len(v) for v in data.values()}
   global_batch = local_batch * process_count
   for b in range(-(-total // global_batch)):
     start = b * global_batch + process_index * local_batch
@@ -78,23 +88,22 @@ class Source(abc.ABC):
   input_shape: tuple[int, ...]
   num_classes: int
 
-  def __init__(self, config: Any, *, seed: int, process_index: int,
-               process_count: int):
+  def __init__(
+      self, config: Any, *, seed: int, process_index: int, process_count: int
+  ):
     self.config = config
     self.seed = seed
     self.process_index = process_index
     self.process_count = process_count
 
   @abc.abstractmethod
-  def train_batch(self, step: int, local_batch: int
-                  ) -> dict[str, np.ndarray]:
+  def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
     """This process's slice of the global batch of step `step`: `inputs`
     and `label`. A pure function of its arguments (and the seed), which is
     what makes a resumed run continue exactly."""
 
   @abc.abstractmethod
-  def eval_batches(self, local_batch: int
-                   ) -> Iterator[dict[str, np.ndarray]]:
+  def eval_batches(self, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the eval set: `inputs`, `label`, a `mask`
     (0 on padding rows; every process yields the same number of batches,
     as collectives need) and any per-example fields the source describes
@@ -117,10 +126,10 @@ class HostSource(Source):
   def eval_set(self) -> dict[str, np.ndarray]:
     """The whole fixed eval set (identical on every process)."""
 
-  def eval_batches(self, local_batch: int
-                   ) -> Iterator[dict[str, np.ndarray]]:
+  def eval_batches(self, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
     if self._eval_data is None:
       # Generated once: the set is fixed, and every eval reads all of it.
       self._eval_data = self.eval_set()
-    return padded_eval_batches(self._eval_data, local_batch,
-                               self.process_index, self.process_count)
+    return padded_eval_batches(
+        self._eval_data, local_batch, self.process_index, self.process_count
+    )

@@ -28,15 +28,19 @@ class AdatapeDigits(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description="scikit-learn's handwritten digits, 32x32 RGB.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(32, 32, 3)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"))
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(32, 32, 3)),
+                "label": tfds.features.ClassLabel(num_classes=10),
+            }
+        ),
+        supervised_keys=("image", "label"),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded: scikit-learn ships the data.
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
     digits = datasets.load_digits()
     order = np.random.default_rng(0).permutation(len(digits.target))
     images = (digits.images[order] * (255.0 / 16.0)).round().astype(np.uint8)
@@ -44,10 +48,10 @@ class AdatapeDigits(tfds.core.GeneratorBasedBuilder):
     images = np.repeat(images[..., None], 3, axis=-1)
     labels = digits.target[order].astype(np.int64)
     return {
-        "train": self._generate_examples(images[:NUM_TRAIN],
-                                         labels[:NUM_TRAIN]),
-        "test": self._generate_examples(images[NUM_TRAIN:],
-                                        labels[NUM_TRAIN:]),
+        "train": self._generate_examples(
+            images[:NUM_TRAIN], labels[:NUM_TRAIN]
+        ),
+        "test": self._generate_examples(images[NUM_TRAIN:], labels[NUM_TRAIN:]),
     }
 
   def _generate_examples(self, images, labels):

@@ -13,6 +13,7 @@ work eagerly and inside `tf.data` maps (tests check both); images are
 `[H, W, 3]` uint8 in, float32 out after `value_range`.
 """
 
+import functools
 import math
 
 import tensorflow as tf
@@ -29,31 +30,47 @@ def _seeds(seed: tf.Tensor, count: int) -> tf.Tensor:
   return tf.random.experimental.stateless_split(seed, count)
 
 
-def _crop_window(shape: tf.Tensor, seed: tf.Tensor, area_min: float,
-                 area_max: float, aspect_min: float, aspect_max: float
-                 ) -> tuple[tf.Tensor, tf.Tensor]:
+def _crop_window(
+    shape: tf.Tensor,
+    seed: tf.Tensor,
+    area_min: float,
+    area_max: float,
+    aspect_min: float,
+    aspect_max: float,
+) -> tuple[tf.Tensor, tf.Tensor]:
   """Inception-crop window (begin, size) for an image of `shape`."""
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
+      shape,
+      tf.zeros([0, 0, 4], tf.float32),
+      seed=seed,
       area_range=(area_min, area_max),
       aspect_ratio_range=(aspect_min, aspect_max),
-      min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+      min_object_covered=0.0,
+      use_image_if_no_bounding_boxes=True,
+  )
   return begin, crop_size
 
 
 def _resize_to_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
-  image = tf.image.resize(image, (size, size), method="bilinear",
-                          antialias=False)
+  image = tf.image.resize(
+      image, (size, size), method="bilinear", antialias=False
+  )
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def inception_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
-                   area_min: float = 0.05, area_max: float = 1.0,
-                   aspect_min: float = 3 / 4, aspect_max: float = 4 / 3
-                   ) -> tf.Tensor:
+def inception_crop(
+    image: tf.Tensor,
+    size: int,
+    seed: tf.Tensor,
+    area_min: float = 0.05,
+    area_max: float = 1.0,
+    aspect_min: float = 3 / 4,
+    aspect_max: float = 4 / 3,
+) -> tf.Tensor:
   """A random crop covering [area_min, area_max] of the image, resized."""
-  begin, crop_size = _crop_window(tf.shape(image), seed, area_min, area_max,
-                                  aspect_min, aspect_max)
+  begin, crop_size = _crop_window(
+      tf.shape(image), seed, area_min, area_max, aspect_min, aspect_max
+  )
   return _resize_to_uint8(tf.slice(image, begin, crop_size), size)
 
 
@@ -64,8 +81,13 @@ def decode(data: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def decode_inception_crop(data: tf.Tensor, size: int, seed: tf.Tensor,
-                          jpeg: bool, area_min: float = 0.05) -> tf.Tensor:
+def decode_inception_crop(
+    data: tf.Tensor,
+    size: int,
+    seed: tf.Tensor,
+    jpeg: bool,
+    area_min: float = 0.05,
+) -> tf.Tensor:
   """`inception_crop` of encoded bytes, equal to decode-then-crop.
 
   For JPEG only the window is decoded (`decode_and_crop_jpeg`), which is
@@ -101,8 +123,9 @@ def central_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.slice(image, [top, left, 0], [size, size, -1])
 
 
-def value_range(image: tf.Tensor, low: float = -1.0, high: float = 1.0
-                ) -> tf.Tensor:
+def value_range(
+    image: tf.Tensor, low: float = -1.0, high: float = 1.0
+) -> tf.Tensor:
   """uint8 [0, 255] -> float32 [low, high]."""
   return tf.cast(image, tf.float32) / 255.0 * (high - low) + low
 
@@ -122,10 +145,13 @@ def _affine(image: tf.Tensor, transform: list) -> tf.Tensor:
   input coordinates), filling with grey."""
   shape = tf.shape(image)
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=tf.cast(tf.stack(transform)[None],
-                                             tf.float32),
-      output_shape=shape[:2], fill_value=float(_FILL),
-      interpolation="NEAREST", fill_mode="CONSTANT")
+      images=image[None],
+      transforms=tf.cast(tf.stack(transform)[None], tf.float32),
+      output_shape=shape[:2],
+      fill_value=float(_FILL),
+      interpolation="NEAREST",
+      fill_mode="CONSTANT",
+  )
   return out[0]
 
 
@@ -161,15 +187,15 @@ def _autocontrast(image, _):
   high = tf.reduce_max(image, axis=[0, 1], keepdims=True)
   scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
   offset = tf.where(high > low, low, 0.0)
-  return tf.cast(tf.clip_by_value((image - offset) * scale, 0, 255),
-                 tf.uint8)
+  return tf.cast(tf.clip_by_value((image - offset) * scale, 0, 255), tf.uint8)
 
 
 def _equalize_channel(channel):
   """Histogram equalisation of one uint8 channel (PIL's algorithm)."""
   values = tf.cast(channel, tf.int32)
-  hist = tf.math.bincount(tf.reshape(values, [-1]), minlength=256,
-                          maxlength=256)
+  hist = tf.math.bincount(
+      tf.reshape(values, [-1]), minlength=256, maxlength=256
+  )
   nonzero = tf.boolean_mask(hist, hist > 0)
   step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
 
@@ -200,9 +226,12 @@ def _solarize(image, threshold):
 
 
 def _solarize_add(image, addition):
-  added = tf.cast(tf.clip_by_value(tf.cast(image, tf.int32)
-                                   + tf.cast(addition, tf.int32), 0, 255),
-                  tf.uint8)
+  added = tf.cast(
+      tf.clip_by_value(
+          tf.cast(image, tf.int32) + tf.cast(addition, tf.int32), 0, 255
+      ),
+      tf.uint8,
+  )
   return tf.where(image < 128, added, image)
 
 
@@ -247,9 +276,13 @@ _OPS = {
     "Equalize": (_equalize, lambda m: 0.0, False),
     "Invert": (_invert, lambda m: 0.0, False),
     "Rotate": (_rotate, lambda m: m / _MAX_LEVEL * 30.0, True),
-    "Posterize": (_posterize, lambda m: tf.cast(
-        tf.clip_by_value(tf.round(m / _MAX_LEVEL * 4.0), 0, 8), tf.int32),
-                  False),
+    "Posterize": (
+        _posterize,
+        lambda m: tf.cast(
+            tf.clip_by_value(tf.round(m / _MAX_LEVEL * 4.0), 0, 8), tf.int32
+        ),
+        False,
+    ),
     # As in the reference implementation, a higher level *raises* the
     # threshold, i.e. solarises less.
     "Solarize": (_solarize, lambda m: m / _MAX_LEVEL * 256.0, False),
@@ -267,8 +300,9 @@ _OPS = {
 RANDAUGMENT_OPS = tuple(_OPS)
 
 
-def apply_op(name: str, image: tf.Tensor, magnitude: float,
-             seed: tf.Tensor) -> tf.Tensor:
+def apply_op(
+    name: str, image: tf.Tensor, magnitude: float, seed: tf.Tensor
+) -> tf.Tensor:
   """One RandAugment op at `magnitude` (geometric ones with a random sign)."""
   op, level, signed = _OPS[name]
   arg = level(tf.constant(float(magnitude)))
@@ -287,28 +321,34 @@ def _cutout(image, pad, seed):
   pad = tf.cast(pad, tf.int32)
   rows = tf.range(shape[0])[:, None]
   cols = tf.range(shape[1])[None, :]
-  inside = ((tf.abs(rows - centre[0]) < pad)
-            & (tf.abs(cols - centre[1]) < pad))
+  inside = (tf.abs(rows - centre[0]) < pad) & (tf.abs(cols - centre[1]) < pad)
   return tf.where(inside[..., None], tf.constant(_FILL, image.dtype), image)
 
 
-def randaugment(image: tf.Tensor, num_layers: int, magnitude: float,
-                seed: tf.Tensor) -> tf.Tensor:
+def randaugment(
+    image: tf.Tensor, num_layers: int, magnitude: float, seed: tf.Tensor
+) -> tf.Tensor:
   """`num_layers` ops, each drawn uniformly from RANDAUGMENT_OPS."""
   seeds = _seeds(seed, 2 * num_layers)
   for layer in range(num_layers):
     choice = tf.random.stateless_uniform(
-        [], seeds[2 * layer], maxval=len(_OPS), dtype=tf.int32)
+        [], seeds[2 * layer], maxval=len(_OPS), dtype=tf.int32
+    )
     branches = [
-        (lambda n=n: apply_op(n, image, magnitude, seeds[2 * layer + 1]))
-        for n in _OPS]
+        functools.partial(apply_op, n, image, magnitude, seeds[2 * layer + 1])
+        for n in _OPS
+    ]
     image = tf.switch_case(choice, branches)
     image = tf.ensure_shape(image, [None, None, 3])
   return image
 
 
-def mixup(images_BxHxWxC: tf.Tensor, labels_BxC: tf.Tensor, alpha: float,
-          seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def mixup(
+    images_BxHxWxC: tf.Tensor,
+    labels_BxC: tf.Tensor,
+    alpha: float,
+    seed: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
   """Mixes each example with the batch reversed, with one lambda ~
   Beta(alpha, alpha) per batch (big_vision's convention); labels are
   (multi-)hot and mix with the same weight."""
@@ -318,5 +358,8 @@ def mixup(images_BxHxWxC: tf.Tensor, labels_BxC: tf.Tensor, alpha: float,
   gamma_a = tf.random.stateless_gamma([], seed_a, alpha)
   gamma_b = tf.random.stateless_gamma([], seed_b, alpha)
   lam = gamma_a / (gamma_a + gamma_b)
-  mix = lambda x: lam * x + (1.0 - lam) * tf.reverse(x, [0])
+
+  def mix(x):
+    return lam * x + (1.0 - lam) * tf.reverse(x, [0])
+
   return mix(images_BxHxWxC), mix(tf.cast(labels_BxC, tf.float32))

@@ -32,9 +32,9 @@ from adatape.data import image_ops
 _PREPARE_HINT = {
     "adatape_digits": "python -m adatape.data.digits_builder --data_dir=DIR",
     "imagenet2012": "download ILSVRC2012_img_train.tar and "
-                    "ILSVRC2012_img_val.tar from image-net.org into "
-                    "MANUAL_DIR, then tfds build imagenet2012 "
-                    "--manual_dir=MANUAL_DIR --data_dir=DIR",
+    "ILSVRC2012_img_val.tar from image-net.org into "
+    "MANUAL_DIR, then tfds build imagenet2012 "
+    "--manual_dir=MANUAL_DIR --data_dir=DIR",
 }
 
 
@@ -77,17 +77,26 @@ class Config:
 
   def __post_init__(self):
     check = run_config.check
-    check(self.image_size >= 1,
-          f"data.image_size={self.image_size} must be >= 1")
-    check(self.eval_resize == 0 or self.eval_resize >= self.image_size,
-          f"data.eval_resize={self.eval_resize} must be 0 or >= "
-          f"data.image_size={self.image_size}")
-    check(0.0 < self.crop_area_min <= 1.0,
-          f"data.crop_area_min={self.crop_area_min} must be in (0, 1]")
-    check(self.randaug_layers >= 0,
-          f"data.randaug_layers={self.randaug_layers} must be >= 0")
-    check(self.mixup_alpha >= 0,
-          f"data.mixup_alpha={self.mixup_alpha} must be >= 0")
+    check(
+        self.image_size >= 1, f"data.image_size={self.image_size} must be >= 1"
+    )
+    check(
+        self.eval_resize == 0 or self.eval_resize >= self.image_size,
+        f"data.eval_resize={self.eval_resize} must be 0 or >= "
+        f"data.image_size={self.image_size}",
+    )
+    check(
+        0.0 < self.crop_area_min <= 1.0,
+        f"data.crop_area_min={self.crop_area_min} must be in (0, 1]",
+    )
+    check(
+        self.randaug_layers >= 0,
+        f"data.randaug_layers={self.randaug_layers} must be >= 0",
+    )
+    check(
+        self.mixup_alpha >= 0,
+        f"data.mixup_alpha={self.mixup_alpha} must be >= 0",
+    )
 
 
 def prepared_builder(config: Config) -> tfds.core.DatasetBuilder:
@@ -96,24 +105,31 @@ def prepared_builder(config: Config) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
     raise run_config.ConfigError(
-        f"data.dataset={config.dataset!r} is not a TFDS dataset") from None
-  hint = _PREPARE_HINT.get(config.dataset,
-                           f"tfds build {config.dataset} --data_dir=DIR")
+        f"data.dataset={config.dataset!r} is not a TFDS dataset"
+    ) from None
+  hint = _PREPARE_HINT.get(
+      config.dataset, f"tfds build {config.dataset} --data_dir=DIR"
+  )
   run_config.check(
       builder.is_prepared(),
       f"data.dataset={config.dataset!r} is not prepared in "
       f"{builder.data_dir} (data.data_dir={config.data_dir!r}); nothing is "
-      f"downloaded at run time; prepare it with: {hint}")
+      f"downloaded at run time; prepare it with: {hint}",
+  )
   return builder
 
 
 def _load(builder, config: Config, split: str) -> dict[str, np.ndarray]:
-  run_config.check(split in builder.info.splits,
-                   f"data split {split!r} is not one of "
-                   f"{sorted(builder.info.splits)} of {config.dataset}")
+  run_config.check(
+      split in builder.info.splits,
+      f"data split {split!r} is not one of "
+      f"{sorted(builder.info.splits)} of {config.dataset}",
+  )
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  return {"image": data[config.image_key],
-          "label": data[config.label_key].astype(np.int32)}
+  return {
+      "image": data[config.image_key],
+      "label": data[config.label_key].astype(np.int32),
+  }
 
 
 def augment(image, seeds, config: Config) -> tf.Tensor:
@@ -124,16 +140,18 @@ def augment(image, seeds, config: Config) -> tf.Tensor:
   if config.flip:
     image = image_ops.random_flip(image, seeds[0])
   if config.randaug_layers:
-    image = image_ops.randaugment(image, config.randaug_layers,
-                                  config.randaug_magnitude, seeds[1])
+    image = image_ops.randaugment(
+        image, config.randaug_layers, config.randaug_magnitude, seeds[1]
+    )
   return image_ops.value_range(image)
 
 
 def eval_image(image, config: Config) -> tf.Tensor:
   """Eval preprocessing: resize (short side), centre crop, [-1, 1]."""
   size = config.eval_resize or config.image_size
-  image = image_ops.central_crop(image_ops.resize_small(image, size),
-                                 config.image_size)
+  image = image_ops.central_crop(
+      image_ops.resize_small(image, size), config.image_size
+  )
   return image_ops.value_range(image)
 
 
@@ -145,15 +163,18 @@ class Source(data_lib.HostSource):
     builder = prepared_builder(config)
     features = builder.info.features
     for key in (config.image_key, config.label_key):
-      run_config.check(key in features,
-                       f"data.{'image' if key == config.image_key else 'label'}"
-                       f"_key={key!r} is not a feature of {config.dataset}: "
-                       f"{sorted(features.keys())}")
+      run_config.check(
+          key in features,
+          f"data.{'image' if key == config.image_key else 'label'}"
+          f"_key={key!r} is not a feature of {config.dataset}: "
+          f"{sorted(features.keys())}",
+      )
     shape = features[config.image_key].shape
     run_config.check(
         None not in shape[:2],
         f"data.dataset={config.dataset!r} has variable-size images; this "
-        "in-memory source serves fixed-size datasets only")
+        "in-memory source serves fixed-size datasets only",
+    )
     self.num_classes = features[config.label_key].num_classes
     self.input_shape = (config.image_size, config.image_size, 3)
     self._train = _load(builder, config, config.train_split)
@@ -164,11 +185,11 @@ class Source(data_lib.HostSource):
     seeds = tf.random.experimental.stateless_split(seed, 3)
     image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
     if cfg.crop_area_min < 1.0:
-      image = image_ops.inception_crop(image, cfg.image_size, seeds[0],
-                                       area_min=cfg.crop_area_min)
+      image = image_ops.inception_crop(
+          image, cfg.image_size, seeds[0], area_min=cfg.crop_area_min
+      )
     else:
-      image = tf.cast(tf.image.resize(image, (cfg.image_size,) * 2),
-                      tf.uint8)
+      image = tf.cast(tf.image.resize(image, (cfg.image_size,) * 2), tf.uint8)
     return augment(image, seeds[1:], cfg)
 
   def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
@@ -180,21 +201,32 @@ class Source(data_lib.HostSource):
     index = np.empty_like(positions)
     for epoch in np.unique(epochs):
       perm = np.random.default_rng([self.seed, 7, int(epoch)]).permutation(
-          total)
+          total
+      )
       chosen = epochs == epoch
       index[chosen] = perm[positions[chosen] % total]
     seeds = np.stack([np.full_like(positions, self.seed), positions], -1)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (self._train["image"][index], seeds.astype(np.int64))).map(
-            self._augment, num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True).batch(local_batch)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(
+            (self._train["image"][index], seeds.astype(np.int64))
+        )
+        .map(
+            self._augment,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(local_batch)
+    )
     images = next(iter(dataset))
     labels = self._train["label"][index]
     if self.config.mixup_alpha > 0:
       onehot = tf.one_hot(labels, self.num_classes)
       images, labels = image_ops.mixup(
-          images, onehot, self.config.mixup_alpha,
-          tf.constant([self.seed, start], tf.int64))
+          images,
+          onehot,
+          self.config.mixup_alpha,
+          tf.constant([self.seed, start], tf.int64),
+      )
       labels = labels.numpy()
     return {"inputs": images.numpy(), "label": labels}
 
@@ -202,11 +234,15 @@ class Source(data_lib.HostSource):
     """The whole eval split: resize (short side), centre crop, [-1, 1]."""
 
     def prepare(image):
-      image = (tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1
-               else image)
+      image = (
+          tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+      )
       return eval_image(image, self.config)
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        self._eval_split["image"]).map(prepare).batch(1024)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(self._eval_split["image"])
+        .map(prepare)
+        .batch(1024)
+    )
     images = np.concatenate([b.numpy() for b in dataset])
     return {"inputs": images, "label": self._eval_split["label"]}

@@ -45,15 +45,19 @@ class Config:
   eval_examples: int = 4096
 
   def __post_init__(self):
-    run_config.check(self.seq_len >= 1,
-                     f"data.seq_len={self.seq_len} must be >= 1")
+    run_config.check(
+        self.seq_len >= 1, f"data.seq_len={self.seq_len} must be >= 1"
+    )
     run_config.check_choice("data.variant", self.variant, VARIANTS)
-    run_config.check(self.eval_examples >= 1,
-                     f"data.eval_examples={self.eval_examples} must be >= 1")
+    run_config.check(
+        self.eval_examples >= 1,
+        f"data.eval_examples={self.eval_examples} must be >= 1",
+    )
 
 
-def sample(rng: np.random.Generator, batch_size: int, seq_len: int,
-           variant: str) -> dict[str, np.ndarray]:
+def sample(
+    rng: np.random.Generator, batch_size: int, seq_len: int, variant: str
+) -> dict[str, np.ndarray]:
   """Draws `batch_size` examples: inputs `[B, S, 3]`, label, values `[B, S]`."""
   if variant == "uniform":
     values = rng.integers(-1, 2, size=(batch_size, seq_len), dtype=np.int8)
@@ -98,13 +102,18 @@ class Source(data_lib.HostSource):
     Generating the whole batch on every host is cheap for synthetic data.
     """
     rng = _rng(self.seed, "train", step)
-    batch = sample(rng, local_batch * self.process_count,
-                   self.config.seq_len, self.config.variant)
+    batch = sample(
+        rng,
+        local_batch * self.process_count,
+        self.config.seq_len,
+        self.config.variant,
+    )
     del batch["values"]
     return data_lib.process_slice(batch, local_batch, self.process_index)
 
   def eval_set(self) -> dict[str, np.ndarray]:
     """The whole fixed eval set (identical on every process)."""
     rng = _rng(self.seed, "eval", 0)
-    return sample(rng, self.config.eval_examples, self.config.seq_len,
-                  self.config.variant)
+    return sample(
+        rng, self.config.eval_examples, self.config.seq_len, self.config.variant
+    )

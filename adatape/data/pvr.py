@@ -43,13 +43,18 @@ class Config:
   def __post_init__(self):
     check = run_config.check
     check(self.seq_len >= 2, f"data.seq_len={self.seq_len} must be >= 2")
-    check(self.train_hops >= 1,
-          f"data.train_hops={self.train_hops} must be >= 1")
-    check(self.eval_hops >= self.train_hops,
-          f"data.eval_hops={self.eval_hops} must be >= data.train_hops="
-          f"{self.train_hops}")
-    check(self.eval_examples >= 1,
-          f"data.eval_examples={self.eval_examples} must be >= 1")
+    check(
+        self.train_hops >= 1, f"data.train_hops={self.train_hops} must be >= 1"
+    )
+    check(
+        self.eval_hops >= self.train_hops,
+        f"data.eval_hops={self.eval_hops} must be >= data.train_hops="
+        f"{self.train_hops}",
+    )
+    check(
+        self.eval_examples >= 1,
+        f"data.eval_examples={self.eval_examples} must be >= 1",
+    )
 
 
 def follow(values_BxS: np.ndarray, hops_B: np.ndarray) -> np.ndarray:
@@ -62,16 +67,20 @@ def follow(values_BxS: np.ndarray, hops_B: np.ndarray) -> np.ndarray:
   return values_BxS[rows, position].astype(np.int32)
 
 
-def sample(rng: np.random.Generator, batch_size: int, config: Config,
-           max_hops: int) -> dict[str, np.ndarray]:
+def sample(
+    rng: np.random.Generator, batch_size: int, config: Config, max_hops: int
+) -> dict[str, np.ndarray]:
   """Draws examples with hop counts uniform in [1, max_hops]."""
   s = config.seq_len
   values = rng.integers(0, s, size=(batch_size, s), dtype=np.int32)
   hops = rng.integers(1, max_hops + 1, size=(batch_size,), dtype=np.int32)
   vocab = s + config.eval_hops + 1
   tokens = np.concatenate([(s + hops)[:, None], values], axis=1)
-  return {"inputs": np.eye(vocab, dtype=np.float32)[tokens],
-          "label": follow(values, hops), "hops": hops}
+  return {
+      "inputs": np.eye(vocab, dtype=np.float32)[tokens],
+      "label": follow(values, hops),
+      "hops": hops,
+  }
 
 
 def _rng(seed: int, split: str, step: int) -> np.random.Generator:
@@ -84,19 +93,28 @@ class Source(data_lib.HostSource):
 
   def __init__(self, config: Config, **kwargs):
     super().__init__(config, **kwargs)
-    self.input_shape = (config.seq_len + 1,
-                        config.seq_len + config.eval_hops + 1)
+    self.input_shape = (
+        config.seq_len + 1,
+        config.seq_len + config.eval_hops + 1,
+    )
     self.num_classes = config.seq_len
 
   def train_batch(self, step: int, local_batch: int) -> dict[str, np.ndarray]:
     """This process's slice of the global batch of training step `step`."""
-    batch = sample(_rng(self.seed, "train", step),
-                   local_batch * self.process_count, self.config,
-                   self.config.train_hops)
+    batch = sample(
+        _rng(self.seed, "train", step),
+        local_batch * self.process_count,
+        self.config,
+        self.config.train_hops,
+    )
     del batch["hops"]
     return data_lib.process_slice(batch, local_batch, self.process_index)
 
   def eval_set(self) -> dict[str, np.ndarray]:
     """The fixed eval set, hop counts in [1, eval_hops]."""
-    return sample(_rng(self.seed, "eval", 0), self.config.eval_examples,
-                  self.config, self.config.eval_hops)
+    return sample(
+        _rng(self.seed, "eval", 0),
+        self.config.eval_examples,
+        self.config,
+        self.config.eval_hops,
+    )

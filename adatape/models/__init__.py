@@ -35,9 +35,13 @@ def _module(name: str) -> types.ModuleType:
 @functools.cache
 def available() -> tuple[str, ...]:
   """Names of the modules here that define a model (see `_MODEL_API`)."""
-  return tuple(sorted(
-      m.name for m in pkgutil.iter_modules(__path__)
-      if all(hasattr(_module(m.name), attr) for attr in _MODEL_API)))
+  return tuple(
+      sorted(
+          m.name
+          for m in pkgutil.iter_modules(__path__)
+          if all(hasattr(_module(m.name), attr) for attr in _MODEL_API)
+      )
+  )
 
 
 def metrics(name: str) -> tuple[outputs.Metric, ...]:
@@ -51,8 +55,12 @@ def cost_metric(name: str) -> outputs.Metric:
   return next(m for m in metrics(name) if m.cost)
 
 
-def build(config: ml_collections.ConfigDict, *, input_shape: tuple[int, ...],
-          num_classes: int) -> nn.Module:
+def build(
+    config: ml_collections.ConfigDict,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> nn.Module:
   """Builds `config.model.name` with validated typed configs.
 
   Args:
@@ -71,24 +79,36 @@ def build(config: ml_collections.ConfigDict, *, input_shape: tuple[int, ...],
   del values["name"]
   encoder_keys = {f.name for f in dataclasses.fields(encoder.EncoderConfig)}
   model_keys = {f.name for f in dataclasses.fields(module.Config)} - {
-      "encoder", "num_classes", "input_shape", "tape"}
+      "encoder",
+      "num_classes",
+      "input_shape",
+      "tape",
+  }
   unknown = sorted(set(values) - encoder_keys - model_keys)
   run_config.check(
       not unknown,
       f"model.{unknown[0] if unknown else ''} is not a key of model "
-      f"{name!r}; valid: {', '.join(sorted(encoder_keys | model_keys))}")
+      f"{name!r}; valid: {', '.join(sorted(encoder_keys | model_keys))}",
+  )
   enc = run_config.to_dataclass(
       encoder.EncoderConfig,
-      {k: v for k, v in values.items() if k in encoder_keys}, "model")
+      {k: v for k, v in values.items() if k in encoder_keys},
+      "model",
+  )
   extra: dict[str, Any] = dict(
-      encoder=enc, num_classes=num_classes, input_shape=tuple(input_shape))
+      encoder=enc, num_classes=num_classes, input_shape=tuple(input_shape)
+  )
   if "tape" in {f.name for f in dataclasses.fields(module.Config)}:
-    run_config.check("tape" in config,
-                     f"model.name={name!r} needs a `tape` config section")
+    run_config.check(
+        "tape" in config, f"model.name={name!r} needs a `tape` config section"
+    )
     extra["tape"] = run_config.to_dataclass(
-        tape_config.TapeConfig, config.tape, "tape")
+        tape_config.TapeConfig, config.tape, "tape"
+    )
   model_config = run_config.to_dataclass(
       module.Config,
       {k: v for k, v in values.items() if k not in encoder_keys},
-      "model", **extra)
+      "model",
+      **extra,
+  )
   return module.Model(model_config)

@@ -41,8 +41,9 @@ from adatape.models import stems
 STAGES = ("distill", "gates", "finetune")
 DETACH = ("detach", "no_detach")
 
-METRICS = (outputs.Metric("learners_used", "learners/token", "learners",
-                          cost=True),)
+METRICS = (
+    outputs.Metric("learners_used", "learners/token", "learners", cost=True),
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,17 +81,25 @@ class Config(stems.ClassifierConfig):
     check = run_config.check
     run_config.check_choice("model.stage", self.stage, STAGES)
     run_config.check_choice("model.detach", self.detach, DETACH)
-    check(self.num_learners >= 1 and
-          self.encoder.mlp_dim % self.num_learners == 0,
-          f"model.num_learners={self.num_learners} must divide "
-          f"model.mlp_dim={self.encoder.mlp_dim}")
-    check(self.gate_hidden >= 1,
-          f"model.gate_hidden={self.gate_hidden} must be >= 1")
+    check(
+        self.num_learners >= 1
+        and self.encoder.mlp_dim % self.num_learners == 0,
+        f"model.num_learners={self.num_learners} must divide "
+        f"model.mlp_dim={self.encoder.mlp_dim}",
+    )
+    check(
+        self.gate_hidden >= 1,
+        f"model.gate_hidden={self.gate_hidden} must be >= 1",
+    )
     check(self.gumbel_temperature > 0, "model.gumbel_temperature must be > 0")
-    check(self.gate_error_factor > 1,
-          f"model.gate_error_factor={self.gate_error_factor} must be > 1")
-    check(0 <= self.budget_target <= 1,
-          f"model.budget_target={self.budget_target} must be in [0, 1]")
+    check(
+        self.gate_error_factor > 1,
+        f"model.gate_error_factor={self.gate_error_factor} must be > 1",
+    )
+    check(
+        0 <= self.budget_target <= 1,
+        f"model.budget_target={self.budget_target} must be in [0, 1]",
+    )
     for name in ("budget_weight", "entropy_weight", "diversity_weight"):
       check(getattr(self, name) >= 0, f"model.{name} must be >= 0")
 
@@ -148,43 +157,59 @@ class AcmBlock(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, *,
-               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(
+      self, x_BxLxD: jax.Array, mask_BxL: jax.Array, *, train: bool
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     cfg = self.config
     enc = cfg.encoder
     num_choices = cfg.num_learners + 1
-    x_BxLxD = x_BxLxD + encoder.attention_sublayer(enc, x_BxLxD, mask_BxL,
-                                                   train)
+    x_BxLxD = x_BxLxD + encoder.attention_sublayer(
+        enc, x_BxLxD, mask_BxL, train
+    )
     z = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
-    h_BxLxKxD = Learners(cfg.num_learners, enc.mlp_dim // cfg.num_learners,
-                         cfg.detach, name="learners")(z)
+    h_BxLxKxD = Learners(
+        cfg.num_learners,
+        enc.mlp_dim // cfg.num_learners,
+        cfg.detach,
+        name="learners",
+    )(z)
     logits_BxLxK = Gate(num_choices, cfg.gate_hidden, name="gate")(z)
     stats = {}
     if cfg.stage == "finetune":
       if train:
         soft = jax.nn.softmax(
-            (logits_BxLxK + jax.random.gumbel(self.make_rng("halting"),
-                                              logits_BxLxK.shape))
-            / cfg.gumbel_temperature, axis=-1)
+            (
+                logits_BxLxK
+                + jax.random.gumbel(
+                    self.make_rng("halting"), logits_BxLxK.shape
+                )
+            )
+            / cfg.gumbel_temperature,
+            axis=-1,
+        )
         hard = jax.nn.one_hot(soft.argmax(-1), num_choices)
         g_BxLxK = hard + soft - jax.lax.stop_gradient(soft)
       else:
         g_BxLxK = jax.nn.one_hot(logits_BxLxK.argmax(-1), num_choices)
-      update = jnp.einsum("blk,blkd->bld", g_BxLxK.astype(h_BxLxKxD.dtype),
-                          h_BxLxKxD)
+      update = jnp.einsum(
+          "blk,blkd->bld", g_BxLxK.astype(h_BxLxKxD.dtype), h_BxLxKxD
+      )
       stats["choice"] = g_BxLxK
     else:
       y = layers.Mlp(enc.mlp_dim, enc.dropout, name="mlp")(z, train=train)
       target = jax.lax.stop_gradient(y)
       if cfg.stage == "distill":
         stats["loss"] = jnp.mean(
-            (h_BxLxKxD[:, :, 1:] - target[:, :, None]) ** 2, axis=(2, 3))
+            (h_BxLxKxD[:, :, 1:] - target[:, :, None]) ** 2, axis=(2, 3)
+        )
       else:
         errors = jnp.linalg.norm(
-            jax.lax.stop_gradient(h_BxLxKxD) - target[:, :, None], axis=-1)
+            jax.lax.stop_gradient(h_BxLxKxD) - target[:, :, None], axis=-1
+        )
         labels = gate_labels(errors, cfg.gate_error_factor)
         stats["loss"] = -jnp.take_along_axis(
-            jax.nn.log_softmax(logits_BxLxK), labels[..., None], -1)[..., 0]
+            jax.nn.log_softmax(logits_BxLxK), labels[..., None], -1
+        )[..., 0]
       stats["choice"] = jax.nn.one_hot(logits_BxLxK.argmax(-1), num_choices)
       update = y
     return x_BxLxD + update, stats
@@ -196,8 +221,7 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     x = cfg.make_stem()(inputs, train=train)
@@ -208,20 +232,24 @@ class Model(nn.Module):
     used, block_losses, hists = [], [], []
     for i in range(enc.depth):
       x, stats = AcmBlock(cfg, name=f"encoderblock_{i}")(
-          x, mask_BxL, train=train)
+          x, mask_BxL, train=train
+      )
       k_BxL = stats["choice"] @ ks
       used.append(k_BxL)
-      hists.append(jnp.einsum("blk,bl->bk", stats["choice"], valid)
-                   / count_B[:, None])
+      hists.append(
+          jnp.einsum("blk,bl->bk", stats["choice"], valid) / count_B[:, None]
+      )
       if "loss" in stats:
         block_losses.append((stats["loss"] * valid).sum(1) / count_B)
     logits = cfg.classify(x, mask_BxL)
 
     k_BxL = jnp.mean(jnp.stack(used), axis=0)  # Mean over blocks.
     fraction_B = (k_BxL * valid).sum(1) / count_B / cfg.num_learners
-    gate_flops = (flops.dense(enc.width, cfg.gate_hidden, 1)
-                  + flops.dense(cfg.gate_hidden, cfg.gate_hidden, 1)
-                  + flops.dense(cfg.gate_hidden, cfg.num_learners + 1, 1))
+    gate_flops = (
+        flops.dense(enc.width, cfg.gate_hidden, 1)
+        + flops.dense(cfg.gate_hidden, cfg.gate_hidden, 1)
+        + flops.dense(cfg.gate_hidden, cfg.num_learners + 1, 1)
+    )
     attention = flops.attention(enc.width, count_B, count_B)
     if cfg.stage == "finetune":
       learner = flops.mlp(enc.width, enc.mlp_dim // cfg.num_learners, 1)
@@ -229,19 +257,24 @@ class Model(nn.Module):
       flops_B = enc.depth * (attention + gate_flops * count_B) + mlp_B
       budget = jnp.abs(fraction_B.mean() - cfg.budget_target)
       hist = jnp.stack(hists)  # [blocks, B, K + 1]
-      entropy_B = -jnp.mean(jnp.sum(
-          hist * jnp.log(jnp.maximum(hist, 1e-12)), -1), 0) / jnp.log(
-              cfg.num_learners + 1.0)
+      entropy_B = -jnp.mean(
+          jnp.sum(hist * jnp.log(jnp.maximum(hist, 1e-12)), -1), 0
+      ) / jnp.log(cfg.num_learners + 1.0)
       spread = jnp.mean(jnp.abs(fraction_B[:, None] - fraction_B[None, :]))
-      aux_B = (cfg.budget_weight * budget - cfg.entropy_weight * entropy_B
-               - cfg.diversity_weight * 2.0 * spread)
+      aux_B = (
+          cfg.budget_weight * budget
+          - cfg.entropy_weight * entropy_B
+          - cfg.diversity_weight * 2.0 * spread
+      )
     else:
-      flops_B = enc.depth * (attention + flops.mlp(enc.width, enc.mlp_dim,
-                                                   count_B))
+      flops_B = enc.depth * (
+          attention + flops.mlp(enc.width, enc.mlp_dim, count_B)
+      )
       aux_B = sum(block_losses) / enc.depth
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=aux_B,
         flops_B=flops_B,
         metrics_B={"learners_used": fraction_B * cfg.num_learners},
-        token_depth_BxL=k_BxL * valid)
+        token_depth_BxL=k_BxL * valid,
+    )

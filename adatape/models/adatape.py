@@ -23,8 +23,9 @@ from adatape.models import stems
 from adatape.tape import banks
 
 METRICS = (
-    outputs.Metric("tape_length", "tape tokens", "tape",
-                   cost=True, spread=True),
+    outputs.Metric(
+        "tape_length", "tape tokens", "tape", cost=True, spread=True
+    ),
     outputs.Metric("atr_loss", "ATR loss, unweighted, summed over steps"),
 )
 
@@ -60,13 +61,22 @@ class Config(stems.ClassifierConfig):
       run_config.check(
           self.input_shape[0] % self.bank_patch_size == 0,
           f"model.bank_patch_size={self.bank_patch_size} must divide the "
-          f"image size {self.input_shape[:2]}")
+          f"image size {self.input_shape[:2]}",
+      )
     entries = banks.bank_entries(
-        self.tape.bank, stem=self.stem, input_shape=self.input_shape,
-        bank_size=self.tape.bank_size, bank_patch_size=self.bank_patch_size)
-    what = ("tape.bank_size" if self.tape.bank == "learn" else
-            "one entry per input element" if self.stem != "patches" else
-            "model.bank_patch_size patches")
+        self.tape.bank,
+        stem=self.stem,
+        input_shape=self.input_shape,
+        bank_size=self.tape.bank_size,
+        bank_patch_size=self.bank_patch_size,
+    )
+    what = (
+        "tape.bank_size"
+        if self.tape.bank == "learn"
+        else "one entry per input element"
+        if self.stem != "patches"
+        else "model.bank_patch_size patches"
+    )
     self.tape.check_bank(entries, self.encoder.width, what)
 
 
@@ -76,15 +86,18 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     x = cfg.make_stem()(inputs, train=train)
-    bank = banks.create(cfg.tape.bank, stem=cfg.stem, width=enc.width,
-                        bank_size=cfg.tape.bank_size,
-                        bank_patch_size=cfg.bank_patch_size,
-                        posemb=cfg.bank_posemb)(inputs)
+    bank = banks.create(
+        cfg.tape.bank,
+        stem=cfg.stem,
+        width=enc.width,
+        bank_size=cfg.tape.bank_size,
+        bank_patch_size=cfg.bank_patch_size,
+        posemb=cfg.bank_posemb,
+    )(inputs)
     num_main = x.shape[1]
     mask_BxL = jnp.ones(x.shape[:2], bool)
     tape_masks, lengths, losses = [], [], []
@@ -93,7 +106,8 @@ class Model(nn.Module):
     for i in range(enc.depth):
       if i in cfg.tape.layers:
         readout = tape_lib.TapeAppender(cfg.tape, name=f"tape_{i}")(
-            x, mask_BxL, bank, train=train)
+            x, mask_BxL, bank, train=train
+        )
         flops_B += _reader_flops(cfg, bank.shape[-2], readout.length_B)
         reads_BxM += _bank_reads(readout, bank.shape[-2])
         x = jnp.concatenate([x, readout.tokens_BxTxD], axis=1)
@@ -103,11 +117,14 @@ class Model(nn.Module):
         losses.append(readout.loss_B)
       flops_B += _block_flops(cfg, num_main, mask_BxL)
       x = encoder.EncoderBlock(
-          enc, tape_mlp_dim=cfg.tape.encoder_mlp_dim,
-          tape_dropout=cfg.tape.dropout, name=f"encoderblock_{i}")(
-              x, mask_BxL, num_main=num_main, train=train)
-    pool_mask = (jnp.ones_like(mask_BxL) if cfg.pool_include_padded_tape
-                 else mask_BxL)
+          enc,
+          tape_mlp_dim=cfg.tape.encoder_mlp_dim,
+          tape_dropout=cfg.tape.dropout,
+          name=f"encoderblock_{i}",
+      )(x, mask_BxL, num_main=num_main, train=train)
+    pool_mask = (
+        jnp.ones_like(mask_BxL) if cfg.pool_include_padded_tape else mask_BxL
+    )
     logits = cfg.classify(x, pool_mask)
     atr_loss_B = sum(losses)
     return outputs.ModelOutput(
@@ -116,7 +133,8 @@ class Model(nn.Module):
         flops_B=flops_B,
         metrics_B={"tape_length": sum(lengths), "atr_loss": atr_loss_B},
         tape_mask_BxT=jnp.concatenate(tape_masks, axis=1),
-        bank_reads_BxM=reads_BxM)
+        bank_reads_BxM=reads_BxM,
+    )
 
 
 def _bank_reads(readout: tape_lib.TapeReadout, entries: int) -> jax.Array:
@@ -128,12 +146,14 @@ def _bank_reads(readout: tape_lib.TapeReadout, entries: int) -> jax.Array:
   batch, steps, _ = readout.indices_BxSxK.shape
   valid_BxS = readout.mask_BxT.reshape(batch, steps, -1)[:, :, 0]
   counts_BxSxKxM = jax.nn.one_hot(readout.indices_BxSxK, entries)
-  return jnp.einsum("bskm,bs->bm", counts_BxSxKxM,
-                    valid_BxS.astype(jnp.float32))
+  return jnp.einsum(
+      "bskm,bs->bm", counts_BxSxKxM, valid_BxS.astype(jnp.float32)
+  )
 
 
-def _reader_flops(cfg: Config, bank_entries: int, length_B: jax.Array
-                  ) -> jax.Array:
+def _reader_flops(
+    cfg: Config, bank_entries: int, length_B: jax.Array
+) -> jax.Array:
   """Scoring the bank once per reading step, plus the tape MLP."""
   tape = cfg.tape
   width = cfg.encoder.width
@@ -144,8 +164,7 @@ def _reader_flops(cfg: Config, bank_entries: int, length_B: jax.Array
   return total
 
 
-def _block_flops(cfg: Config, num_main: int, mask_BxL: jax.Array
-                 ) -> jax.Array:
+def _block_flops(cfg: Config, num_main: int, mask_BxL: jax.Array) -> jax.Array:
   """One block over the main tokens and each example's valid tape tokens."""
   enc = cfg.encoder
   tokens_B = mask_BxL.sum(1).astype(jnp.float32)

@@ -49,10 +49,14 @@ class Config(stems.ClassifierConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    run_config.check(0.0 < self.act_epsilon < 1.0,
-                     f"model.act_epsilon={self.act_epsilon} must be in (0, 1)")
-    run_config.check(self.time_penalty >= 0,
-                     f"model.time_penalty={self.time_penalty} must be >= 0")
+    run_config.check(
+        0.0 < self.act_epsilon < 1.0,
+        f"model.act_epsilon={self.act_epsilon} must be in (0, 1)",
+    )
+    run_config.check(
+        self.time_penalty >= 0,
+        f"model.time_penalty={self.time_penalty} must be >= 0",
+    )
 
 
 class Model(nn.Module):
@@ -61,8 +65,7 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     state = cfg.make_stem()(inputs, train=train)
@@ -71,19 +74,24 @@ class Model(nn.Module):
     act = halting.init(state.shape[:2])._replace(halting=1.0 - valid)
     block = encoder.EncoderBlock(enc, name="shared_block")
     halting_unit = nn.Dense(
-        1, kernel_init=nn.initializers.normal(0.02),
+        1,
+        kernel_init=nn.initializers.normal(0.02),
         bias_init=nn.initializers.constant(cfg.halting_bias_init),
-        dtype=jnp.float32, name="halting")
+        dtype=jnp.float32,
+        name="halting",
+    )
     flops_B = jnp.zeros(state.shape[:1], jnp.float32)
     for n in range(enc.depth):
       count_B = halting.running(act).sum(1)
       # Halted tokens stay keys (their frozen state), so keys = all valid.
-      flops_B += (flops.block(enc.width, enc.mlp_dim, count_B, valid.sum(1))
-                  + flops.dense(enc.width, 1, count_B))
+      flops_B += flops.block(
+          enc.width, enc.mlp_dim, count_B, valid.sum(1)
+      ) + flops.dense(enc.width, 1, count_B)
       y = block(state, valid_BxL, num_main=state.shape[1], train=train)
       prob = nn.sigmoid(halting_unit(y)[..., 0])
-      act, weight_BxL = halting.step(act, prob, epsilon=cfg.act_epsilon,
-                                     is_last=n == enc.depth - 1)
+      act, weight_BxL = halting.step(
+          act, prob, epsilon=cfg.act_epsilon, is_last=n == enc.depth - 1
+      )
       w = weight_BxL[..., None].astype(y.dtype)
       state = w * y + (1.0 - w) * state
       # For tests and analysis (`mutable=["intermediates"]`).
@@ -96,6 +104,9 @@ class Model(nn.Module):
         logits=logits,
         aux_loss_B=cfg.time_penalty * cost_sum_B,
         flops_B=flops_B,
-        metrics_B={"updates": (act.updates * valid).sum(1) / count_B,
-                   "ponder_cost": cost_sum_B / count_B},
-        token_depth_BxL=act.updates * valid)
+        metrics_B={
+            "updates": (act.updates * valid).sum(1) / count_B,
+            "ponder_cost": cost_sum_B / count_B,
+        },
+        token_depth_BxL=act.updates * valid,
+    )

@@ -69,15 +69,20 @@ class Config(stems.ClassifierConfig):
   def __post_init__(self):
     super().__post_init__()
     check = run_config.check
-    check(0.0 < self.act_epsilon < 1.0,
-          f"model.act_epsilon={self.act_epsilon} must be in (0, 1)")
+    check(
+        0.0 < self.act_epsilon < 1.0,
+        f"model.act_epsilon={self.act_epsilon} must be in (0, 1)",
+    )
     for name in ("ponder_weight", "distr_weight"):
       value = getattr(self, name)
       check(value >= 0, f"model.{name}={value} must be >= 0")
-    run_config.check_choice("model.distr_prior", self.distr_prior,
-                            halting.DEPTH_PRIORS)
-    check(self.target_scale > 0,
-          f"model.target_scale={self.target_scale} must be > 0")
+    run_config.check_choice(
+        "model.distr_prior", self.distr_prior, halting.DEPTH_PRIORS
+    )
+    check(
+        self.target_scale > 0,
+        f"model.target_scale={self.target_scale} must be > 0",
+    )
 
 
 class Model(nn.Module):
@@ -86,8 +91,7 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     x = cfg.make_stem()(inputs, train=train)
@@ -101,16 +105,20 @@ class Model(nn.Module):
       active_BxL = halting.running(act)
       x = x * jax.lax.stop_gradient(active_BxL)[..., None].astype(x.dtype)
       y = encoder.EncoderBlock(enc, name=f"encoderblock_{layer}")(
-          x, active_BxL > 0, num_main=x.shape[1], train=train)
+          x, active_BxL > 0, num_main=x.shape[1], train=train
+      )
       x = y * active_BxL[..., None].astype(y.dtype)
       count_B = active_BxL.sum(1)
       flops_B += flops.block(enc.width, enc.mlp_dim, count_B)
-      score = nn.sigmoid(cfg.gate_scale * x[..., 0].astype(jnp.float32)
-                         - cfg.gate_center)
-      act, weight_BxL = halting.step(act, score, epsilon=cfg.act_epsilon,
-                                     is_last=layer == enc.depth - 1)
-      out_BxLxD = halting.accumulate(out_BxLxD, x, weight_BxL[..., None],
-                                     "accumulated")
+      score = nn.sigmoid(
+          cfg.gate_scale * x[..., 0].astype(jnp.float32) - cfg.gate_center
+      )
+      act, weight_BxL = halting.step(
+          act, score, epsilon=cfg.act_epsilon, is_last=layer == enc.depth - 1
+      )
+      out_BxLxD = halting.accumulate(
+          out_BxLxD, x, weight_BxL[..., None], "accumulated"
+      )
       weights.append(weight_BxL)
       self.sow("intermediates", "halting_weights", weight_BxL)
     logits = cfg.classify(out_BxLxD, valid_BxL)
@@ -119,15 +127,21 @@ class Model(nn.Module):
     cost_B = (halting.ponder_cost(act) * valid).sum(1) / count_B
     depth_B = (act.updates * valid).sum(1) / count_B
     # The example's halting-depth distribution: mean ACT weight per layer.
-    depth_dist_BxL = jnp.einsum("lbt,bt->bl", jnp.stack(weights),
-                                valid) / count_B[:, None]
-    target_L = halting.depth_prior(cfg.distr_prior, enc.depth,
-                                   cfg.target_depth, cfg.target_scale)
-    distr_B = jnp.sum(target_L * (jnp.log(target_L) - jnp.log(
-        jnp.clip(depth_dist_BxL, 1e-6, 1.0))), axis=-1)
+    depth_dist_BxL = (
+        jnp.einsum("lbt,bt->bl", jnp.stack(weights), valid) / count_B[:, None]
+    )
+    target_L = halting.depth_prior(
+        cfg.distr_prior, enc.depth, cfg.target_depth, cfg.target_scale
+    )
+    distr_B = jnp.sum(
+        target_L
+        * (jnp.log(target_L) - jnp.log(jnp.clip(depth_dist_BxL, 1e-6, 1.0))),
+        axis=-1,
+    )
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.ponder_weight * cost_B + cfg.distr_weight * distr_B,
         flops_B=flops_B,
         metrics_B={"layers_used": depth_B, "ponder_cost": cost_B},
-        token_depth_BxL=act.updates * valid)
+        token_depth_BxL=act.updates * valid,
+    )

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from adatape import layers
 from adatape import run_config
 
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   """Size of a pre-LayerNorm Transformer encoder.
@@ -43,9 +44,11 @@ class EncoderConfig:
     for name in ("width", "depth", "num_heads", "mlp_dim"):
       value = getattr(self, name)
       check(value >= 1, f"model.{name}={value} must be >= 1")
-    check(self.width % self.num_heads == 0,
-          f"model.num_heads={self.num_heads} must divide model.width="
-          f"{self.width}")
+    check(
+        self.width % self.num_heads == 0,
+        f"model.num_heads={self.num_heads} must divide model.width="
+        f"{self.width}",
+    )
     for name in ("dropout", "attention_dropout"):
       value = getattr(self, name)
       check(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
@@ -56,8 +59,9 @@ def attention_mask(mask_BxL: jax.Array) -> jax.Array:
   return mask_BxL[:, None, None, :]
 
 
-def attention_sublayer(cfg: EncoderConfig, x_BxLxD: jax.Array,
-                       mask_BxL: jax.Array, train: bool) -> jax.Array:
+def attention_sublayer(
+    cfg: EncoderConfig, x_BxLxD: jax.Array, mask_BxL: jax.Array, train: bool
+) -> jax.Array:
   """Dropout(Attn(LN(x))), the residual update of a pre-LN block.
 
   Call it inside a compact `__call__`: its LayerNorm and attention become
@@ -71,7 +75,8 @@ def attention_sublayer(cfg: EncoderConfig, x_BxLxD: jax.Array,
       kernel_init=layers.KERNEL_INIT,
       dropout_rate=cfg.attention_dropout,
       deterministic=not train,
-      name="attention")(y, y, mask=attention_mask(mask_BxL))
+      name="attention",
+  )(y, y, mask=attention_mask(mask_BxL))
   return nn.Dropout(cfg.dropout)(y, deterministic=not train)
 
 
@@ -88,26 +93,32 @@ class EncoderBlock(nn.Module):
   tape_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, *,
-               num_main: int, train: bool) -> jax.Array:
+  def __call__(
+      self,
+      x_BxLxD: jax.Array,
+      mask_BxL: jax.Array,
+      *,
+      num_main: int,
+      train: bool,
+  ) -> jax.Array:
     cfg = self.config
     x_BxLxD = x_BxLxD + attention_sublayer(cfg, x_BxLxD, mask_BxL, train)
     y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
     has_tape = x_BxLxD.shape[1] > num_main
     if self.tape_mlp_dim and has_tape:
       main = layers.Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(
-          y[:, :num_main], train=train)
-      tape = layers.GluMlp(self.tape_mlp_dim, self.tape_dropout,
-                           name="tape_mlp")(
-          y[:, num_main:], train=train)
+          y[:, :num_main], train=train
+      )
+      tape = layers.GluMlp(
+          self.tape_mlp_dim, self.tape_dropout, name="tape_mlp"
+      )(y[:, num_main:], train=train)
       y = jnp.concatenate([main, tape], axis=1)
     else:
       y = layers.Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(y, train=train)
     return x_BxLxD + y
 
 
-def pool(x_BxLxD: jax.Array, mask_BxL: jax.Array, classifier: str
-         ) -> jax.Array:
+def pool(x_BxLxD: jax.Array, mask_BxL: jax.Array, classifier: str) -> jax.Array:
   """`gap`: masked mean; `token`: position 0."""
   if classifier == "token":
     return x_BxLxD[:, 0]
@@ -126,4 +137,5 @@ class Head(nn.Module):
         self.num_classes,
         kernel_init=nn.initializers.zeros,
         bias_init=nn.initializers.constant(self.bias_init),
-        name="output_projection")(x_BxD)
+        name="output_projection",
+    )(x_BxD)

@@ -32,8 +32,9 @@ def glu_mlp(width: int, hidden: int, tokens: jax.Array) -> jax.Array:
   return jnp.asarray(tokens, jnp.float32) * 6.0 * width * hidden
 
 
-def block(width: int, mlp_dim: int, tokens: jax.Array,
-          keys: jax.Array | None = None) -> jax.Array:
+def block(
+    width: int, mlp_dim: int, tokens: jax.Array, keys: jax.Array | None = None
+) -> jax.Array:
   """One encoder block; `keys` defaults to `tokens` (plain self-attention)."""
   keys = tokens if keys is None else keys
   return attention(width, tokens, keys) + mlp(width, mlp_dim, tokens)

@@ -50,13 +50,13 @@ class Config(universal_transformer.Config):
       run_config.check(value >= 1, f"model.{name}={value} must be >= 1")
 
   def make_block(self, name: str) -> nn.Module:
-    return HyperBlock(self.encoder, self.pool_size, self.router_dim,
-                      name=name)
+    return HyperBlock(self.encoder, self.pool_size, self.router_dim, name=name)
 
   def step_flops(self, tokens_B: jax.Array, keys_B: jax.Array) -> jax.Array:
     enc = self.encoder
-    router = (flops.dense(enc.width, self.router_dim, 1)
-              + flops.dense(self.router_dim, self.pool_size, 1))
+    router = flops.dense(enc.width, self.router_dim, 1) + flops.dense(
+        self.router_dim, self.pool_size, 1
+    )
     generate = 2.0 * self.pool_size * 2 * enc.width * enc.mlp_dim
     return super().step_flops(tokens_B, keys_B) + router + generate
 
@@ -69,23 +69,34 @@ class HyperBlock(nn.Module):
   router_dim: int
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, *,
-               num_main: int, train: bool) -> jax.Array:
+  def __call__(
+      self,
+      x_BxLxD: jax.Array,
+      mask_BxL: jax.Array,
+      *,
+      num_main: int,
+      train: bool,
+  ) -> jax.Array:
     del num_main  # No tape here.
     cfg = self.config
     d, f, m = cfg.width, cfg.mlp_dim, self.pool_size
-    x_BxLxD = x_BxLxD + encoder.attention_sublayer(cfg, x_BxLxD, mask_BxL,
-                                                   train)
+    x_BxLxD = x_BxLxD + encoder.attention_sublayer(
+        cfg, x_BxLxD, mask_BxL, train
+    )
     y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
     query_BxR = nn.Dense(self.router_dim, name="router_query")(
-        layers.masked_mean(y, mask_BxL))
-    keys_MxR = self.param("router_keys", nn.initializers.normal(1.0),
-                          (m, self.router_dim))
+        layers.masked_mean(y, mask_BxL)
+    )
+    keys_MxR = self.param(
+        "router_keys", nn.initializers.normal(1.0), (m, self.router_dim)
+    )
     alpha_BxM = jax.nn.softmax(
-        query_BxR @ keys_MxR.T / jnp.sqrt(float(self.router_dim)), axis=-1)
+        query_BxR @ keys_MxR.T / jnp.sqrt(float(self.router_dim)), axis=-1
+    )
     self.sow("intermediates", "alpha", alpha_BxM)
-    init = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1,
-                                          batch_axis=(0,))
+    init = nn.initializers.xavier_uniform(
+        in_axis=-2, out_axis=-1, batch_axis=(0,)
+    )
     w1_MxDxF = self.param("pool_w1", init, (m, d, f))
     b1_MxF = self.param("pool_b1", nn.initializers.zeros, (m, f))
     w2_MxFxD = self.param("pool_w2", init, (m, f, d))
@@ -94,7 +105,9 @@ class HyperBlock(nn.Module):
     w2_BxFxD = jnp.einsum("bm,mfd->bfd", alpha_BxM, w2_MxFxD)
     h = jnp.einsum("bld,bdf->blf", y, w1_BxDxF) + (alpha_BxM @ b1_MxF)[:, None]
     h = nn.Dropout(cfg.dropout)(nn.gelu(h), deterministic=not train)
-    out = jnp.einsum("blf,bfd->bld", h, w2_BxFxD) + (alpha_BxM @ b2_MxD)[:, None]
+    out = (
+        jnp.einsum("blf,bfd->bld", h, w2_BxFxD) + (alpha_BxM @ b2_MxD)[:, None]
+    )
     return x_BxLxD + nn.Dropout(cfg.dropout)(out, deterministic=not train)
 
 

@@ -77,7 +77,8 @@ class ModelOutput(NamedTuple):
 
 def per_example_metrics(out: ModelOutput) -> dict[str, jax.Array]:
   """Every metric of `out` as float32 `[B]`, GFLOPs included."""
-  values = {name: value.astype("float32")
-            for name, value in out.metrics_B.items()}
+  values = {
+      name: value.astype("float32") for name, value in out.metrics_B.items()
+  }
   values[GFLOPS.name] = out.flops_B.astype("float32") / 1e9
   return values

@@ -56,11 +56,14 @@ class Config(stems.ClassifierConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    run_config.check(0.0 < self.lambda_p < 1.0,
-                     f"model.lambda_p={self.lambda_p} must be in (0, 1)")
+    run_config.check(
+        0.0 < self.lambda_p < 1.0,
+        f"model.lambda_p={self.lambda_p} must be in (0, 1)",
+    )
     run_config.check(self.beta >= 0, f"model.beta={self.beta} must be >= 0")
-    run_config.check_choice("model.eval_halting", self.eval_halting,
-                            EVAL_HALTING)
+    run_config.check_choice(
+        "model.eval_halting", self.eval_halting, EVAL_HALTING
+    )
 
 
 class Model(nn.Module):
@@ -69,22 +72,25 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     num_steps = enc.depth
     x = cfg.make_stem()(inputs, train=train)
     mask_BxL = jnp.ones(x.shape[:2], bool)
-    step_embed = self.param("step_embedding", nn.initializers.normal(0.02),
-                            (num_steps, enc.width))
+    step_embed = self.param(
+        "step_embedding", nn.initializers.normal(0.02), (num_steps, enc.width)
+    )
     block = encoder.EncoderBlock(enc, name="block")
     norm = nn.LayerNorm(name="encoder_norm")
     head = encoder.Head(cfg.num_classes, cfg.head_bias_init, name="head")
     halting_unit = nn.Dense(
-        1, kernel_init=nn.initializers.zeros,
+        1,
+        kernel_init=nn.initializers.zeros,
         bias_init=nn.initializers.constant(cfg.halting_bias_init),
-        dtype=jnp.float32, name="halting")
+        dtype=jnp.float32,
+        name="halting",
+    )
     step_logits, halt_logits = [], []
     for n in range(num_steps):
       x = block(x + step_embed[n], mask_BxL, num_main=x.shape[1], train=train)
@@ -102,20 +108,24 @@ class Model(nn.Module):
       steps_B = jnp.exp(log_p_BxS) @ step_number_S
     else:
       if cfg.eval_halting == "sample":
-        chosen_B = jax.random.categorical(self.make_rng("halting"),
-                                          log_p_BxS, axis=-1)
+        chosen_B = jax.random.categorical(
+            self.make_rng("halting"), log_p_BxS, axis=-1
+        )
       else:
         chosen_B = jnp.argmax(log_p_BxS, axis=-1)
       steps_B = (chosen_B + 1).astype(jnp.float32)
     logits = jnp.take_along_axis(
-        step_logits_SxBxC, chosen_B[None, :, None], axis=0)[0]
+        step_logits_SxBxC, chosen_B[None, :, None], axis=0
+    )[0]
     tokens = x.shape[1]
-    per_step = (flops.block(enc.width, enc.mlp_dim, tokens)
-                + flops.dense(enc.width, 1, 1))
+    per_step = flops.block(enc.width, enc.mlp_dim, tokens) + flops.dense(
+        enc.width, 1, 1
+    )
     return outputs.ModelOutput(
         logits=logits,
         aux_loss_B=cfg.beta * kl_B,
         flops_B=steps_B * per_step,
         metrics_B={"halting_step": steps_B},
         step_logits_SxBxC=step_logits_SxBxC,
-        step_log_probs_BxS=log_p_BxS)
+        step_log_probs_BxS=log_p_BxS,
+    )

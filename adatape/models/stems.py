@@ -39,42 +39,50 @@ class Stem(nn.Module):
     if self.cls_token:
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
       x = jnp.concatenate(
-          [jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
+          [jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1
+      )
     return nn.Dropout(self.dropout)(x, deterministic=not train)
 
   def _embed(self, inputs: jax.Array) -> jax.Array:
     batch = inputs.shape[0]
     if self.kind == "flatten":
       return nn.Dense(self.width, name="embedding")(
-          inputs.reshape(batch, 1, -1))
+          inputs.reshape(batch, 1, -1)
+      )
     if self.kind == "sequence":
       x = nn.Dense(self.width, name="embedding")(inputs)
     else:
       p = self.patch_size
-      x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
-                  name="embedding")(inputs)
+      x = nn.Conv(
+          self.width, (p, p), strides=(p, p), padding="VALID", name="embedding"
+      )(inputs)
       x = x.reshape(batch, -1, self.width)
     if self.posemb:
-      x = x + self.param("posembed_input", nn.initializers.normal(0.02),
-                         (1,) + x.shape[1:])
+      x = x + self.param(
+          "posembed_input", nn.initializers.normal(0.02), (1,) + x.shape[1:]
+      )
     return x
 
 
-def check_input(kind: str, input_shape: tuple[int, ...],
-                patch_size: int) -> None:
+def check_input(
+    kind: str, input_shape: tuple[int, ...], patch_size: int
+) -> None:
   """Rejects an input shape the stem cannot embed."""
   run_config.check_choice("model.stem", kind, STEMS)
   if kind == "patches":
     run_config.check(
-        len(input_shape) == 3 and input_shape[0] % patch_size == 0
+        len(input_shape) == 3
+        and input_shape[0] % patch_size == 0
         and input_shape[1] % patch_size == 0,
         f"model.patch_size={patch_size} must divide the image size "
-        f"{input_shape[:2]} (model.stem='patches' needs [H, W, C] inputs)")
+        f"{input_shape[:2]} (model.stem='patches' needs [H, W, C] inputs)",
+    )
   else:
     run_config.check(
         len(input_shape) == 2,
         f"model.stem={kind!r} needs [length, channels] inputs, got "
-        f"{input_shape}")
+        f"{input_shape}",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,8 +114,9 @@ class ClassifierConfig:
 
   def __post_init__(self):
     check_input(self.stem, self.input_shape, self.patch_size)
-    run_config.check_choice("model.classifier", self.classifier,
-                            ("gap", "token"))
+    run_config.check_choice(
+        "model.classifier", self.classifier, ("gap", "token")
+    )
 
   @property
   def image_grid(self) -> bool:
@@ -117,12 +126,19 @@ class ClassifierConfig:
 
   def make_stem(self) -> Stem:
     """The stem module; call inside the model's compact `__call__`."""
-    return Stem(self.stem, self.encoder.width, self.patch_size, self.posemb,
-                cls_token=self.classifier == "token",
-                dropout=self.encoder.dropout, name="stem")
+    return Stem(
+        self.stem,
+        self.encoder.width,
+        self.patch_size,
+        self.posemb,
+        cls_token=self.classifier == "token",
+        dropout=self.encoder.dropout,
+        name="stem",
+    )
 
   def classify(self, x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
     """Final LayerNorm, pooling and head; call inside `__call__` too."""
     x_BxLxD = nn.LayerNorm(name="encoder_norm")(x_BxLxD)
     return encoder.Head(self.num_classes, self.head_bias_init, name="head")(
-        encoder.pool(x_BxLxD, mask_BxL, self.classifier))
+        encoder.pool(x_BxLxD, mask_BxL, self.classifier)
+    )

@@ -27,18 +27,19 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     x = cfg.make_stem()(inputs, train=train)
     mask_BxL = jnp.ones(x.shape[:2], bool)
     for i in range(enc.depth):
       x = encoder.EncoderBlock(enc, name=f"encoderblock_{i}")(
-          x, mask_BxL, num_main=x.shape[1], train=train)
+          x, mask_BxL, num_main=x.shape[1], train=train
+      )
     tokens = jnp.full(x.shape[:1], x.shape[1], jnp.float32)
     return outputs.ModelOutput(
         logits=cfg.classify(x, mask_BxL),
         aux_loss_B=jnp.zeros((x.shape[0],), jnp.float32),
         flops_B=enc.depth * flops.block(enc.width, enc.mlp_dim, tokens),
-        metrics_B={"layers": jnp.full(x.shape[:1], enc.depth, jnp.float32)})
+        metrics_B={"layers": jnp.full(x.shape[:1], enc.depth, jnp.float32)},
+    )

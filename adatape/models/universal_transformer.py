@@ -55,13 +55,15 @@ class Config(stems.ClassifierConfig):
   def __post_init__(self):
     super().__post_init__()
     run_config.check_choice("model.act_level", self.act_level, ACT_LEVELS)
-    run_config.check_choice("model.act_type", self.act_type,
-                            halting.ACT_TYPES)
-    run_config.check(0.0 < self.act_epsilon < 1.0,
-                     f"model.act_epsilon={self.act_epsilon} must be in (0, 1)")
-    run_config.check(self.act_loss_weight >= 0,
-                     f"model.act_loss_weight={self.act_loss_weight} must be "
-                     ">= 0")
+    run_config.check_choice("model.act_type", self.act_type, halting.ACT_TYPES)
+    run_config.check(
+        0.0 < self.act_epsilon < 1.0,
+        f"model.act_epsilon={self.act_epsilon} must be in (0, 1)",
+    )
+    run_config.check(
+        self.act_loss_weight >= 0,
+        f"model.act_loss_weight={self.act_loss_weight} must be " ">= 0",
+    )
 
   def make_block(self, name: str) -> nn.Module:
     """The shared block; Hyper-UT overrides it with a generated-weight FFN."""
@@ -70,8 +72,9 @@ class Config(stems.ClassifierConfig):
   def step_flops(self, tokens_B: jax.Array, keys_B: jax.Array) -> jax.Array:
     """FLOPs of one step for `tokens_B` running tokens per example."""
     enc = self.encoder
-    return (flops.block(enc.width, enc.mlp_dim, tokens_B, keys_B)
-            + flops.dense(enc.width, 1, tokens_B))
+    return flops.block(enc.width, enc.mlp_dim, tokens_B, keys_B) + flops.dense(
+        enc.width, 1, tokens_B
+    )
 
 
 class _Step(nn.Module):
@@ -84,29 +87,42 @@ class _Step(nn.Module):
   def __call__(self, carry, step_index):
     cfg = self.config
     state_BxLxD, output_BxLxD, act, mask_BxL, flops_B = carry
-    step_embed = self.param("step_embedding", nn.initializers.normal(0.02),
-                            (cfg.encoder.depth, cfg.encoder.width))
+    step_embed = self.param(
+        "step_embedding",
+        nn.initializers.normal(0.02),
+        (cfg.encoder.depth, cfg.encoder.width),
+    )
     stepped = state_BxLxD + step_embed[step_index]
     halting_unit = nn.Dense(
-        1, kernel_init=nn.initializers.zeros,
+        1,
+        kernel_init=nn.initializers.zeros,
         bias_init=nn.initializers.constant(cfg.halting_bias_init),
-        dtype=jnp.float32, name="halting")
+        dtype=jnp.float32,
+        name="halting",
+    )
     if cfg.act_level == "per_token":
       prob = nn.sigmoid(halting_unit(stepped)[..., 0])
     else:
       prob = nn.sigmoid(
-          halting_unit(layers.masked_mean(stepped, mask_BxL))[..., 0])
+          halting_unit(layers.masked_mean(stepped, mask_BxL))[..., 0]
+      )
     keys_B = mask_BxL.sum(1).astype(jnp.float32)
     running = halting.running(act)
     tokens_B = running.sum(1) if running.ndim == 2 else running * keys_B
     flops_B = flops_B + cfg.step_flops(tokens_B, keys_B)
-    act, weight = halting.step(act, prob, epsilon=cfg.act_epsilon,
-                               is_last=step_index == cfg.encoder.depth - 1)
+    act, weight = halting.step(
+        act,
+        prob,
+        epsilon=cfg.act_epsilon,
+        is_last=step_index == cfg.encoder.depth - 1,
+    )
     new_state = cfg.make_block("block")(
-        stepped, mask_BxL, num_main=stepped.shape[1], train=self.train)
+        stepped, mask_BxL, num_main=stepped.shape[1], train=self.train
+    )
     weight_b = weight[..., None] if weight.ndim == 2 else weight[:, None, None]
-    output_BxLxD = halting.accumulate(output_BxLxD, new_state, weight_b,
-                                      cfg.act_type)
+    output_BxLxD = halting.accumulate(
+        output_BxLxD, new_state, weight_b, cfg.act_type
+    )
     return (new_state, output_BxLxD, act, mask_BxL, flops_B), None
 
 
@@ -116,8 +132,7 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool
-               ) -> outputs.ModelOutput:
+  def __call__(self, inputs: jax.Array, *, train: bool) -> outputs.ModelOutput:
     cfg = self.config
     enc = cfg.encoder
     x = cfg.make_stem()(inputs, train=train)
@@ -126,19 +141,32 @@ class Model(nn.Module):
     # Fully unrolled: the loop is short (the maximum depth), and on CPU the
     # rolled loop ran the block at ~3/4 of the speed (291 vs 223 ms per
     # parity step), and hid its FLOPs from XLA's cost analysis.
-    scan = nn.scan(_Step, variable_broadcast="params",
-                   variable_axes={"intermediates": 0},
-                   split_rngs={"params": False, "dropout": True},
-                   length=enc.depth, unroll=enc.depth)
-    carry = (x, jnp.zeros_like(x), halting.init(shape), mask_BxL,
-             jnp.zeros(x.shape[:1], jnp.float32))
+    scan = nn.scan(
+        _Step,
+        variable_broadcast="params",
+        variable_axes={"intermediates": 0},
+        split_rngs={"params": False, "dropout": True},
+        length=enc.depth,
+        unroll=enc.depth,
+    )
+    carry = (
+        x,
+        jnp.zeros_like(x),
+        halting.init(shape),
+        mask_BxL,
+        jnp.zeros(x.shape[:1], jnp.float32),
+    )
     (_, out, act, _, flops_B), _ = scan(cfg, train, name="act")(
-        carry, jnp.arange(enc.depth))
+        carry, jnp.arange(enc.depth)
+    )
     logits = cfg.classify(out, mask_BxL)
     cost = halting.ponder_cost(act)
     steps = act.updates
-    depth_BxL = (steps if cfg.act_level == "per_token" else
-                 jnp.broadcast_to(steps[:, None], mask_BxL.shape))
+    depth_BxL = (
+        steps
+        if cfg.act_level == "per_token"
+        else jnp.broadcast_to(steps[:, None], mask_BxL.shape)
+    )
     if cfg.act_level == "per_token":
       weights = mask_BxL.astype(jnp.float32)
       cost = (cost * weights).sum(1) / weights.sum(1)
@@ -148,4 +176,5 @@ class Model(nn.Module):
         aux_loss_B=cfg.act_loss_weight * cost,
         flops_B=flops_B,
         metrics_B={"act_steps": steps, "ponder_cost": cost},
-        token_depth_BxL=depth_BxL)
+        token_depth_BxL=depth_BxL,
+    )

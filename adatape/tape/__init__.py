@@ -1,7 +1,7 @@
 """The elastic tape: banks, the adaptive tape reader and its Linen layer.
 
-    from adatape import tape
-    readout = tape.read_tape(query_BxD, bank, tape.TapeConfig(...))
+from adatape import tape
+readout = tape.read_tape(query_BxD, bank, tape.TapeConfig(...))
 """
 
 from adatape.tape.banks import LearnableBank, PatchBank, SequenceBank

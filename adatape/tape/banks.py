@@ -20,9 +20,11 @@ class LearnableBank(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     del inputs  # The bank does not depend on the input.
-    return self.param("tape_tokens",
-                      nn.initializers.truncated_normal(stddev=0.02),
-                      (self.size, self.width))
+    return self.param(
+        "tape_tokens",
+        nn.initializers.truncated_normal(stddev=0.02),
+        (self.size, self.width),
+    )
 
 
 class SequenceBank(nn.Module):
@@ -41,8 +43,9 @@ class SequenceBank(nn.Module):
   def __call__(self, inputs_BxSxC: jax.Array) -> jax.Array:
     x = nn.Dense(self.width, name="embed")(inputs_BxSxC)
     if self.posemb:
-      x = x + self.param("posembed_bank", nn.initializers.normal(0.02),
-                         (1,) + x.shape[1:])
+      x = x + self.param(
+          "posembed_bank", nn.initializers.normal(0.02), (1,) + x.shape[1:]
+      )
     return x
 
 
@@ -59,17 +62,32 @@ class PatchBank(nn.Module):
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array) -> jax.Array:
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
-                name="embedding_bank")(image_BxHxWxC)
+    x = nn.Conv(
+        self.width,
+        (p, p),
+        strides=(p, p),
+        padding="VALID",
+        name="embedding_bank",
+    )(image_BxHxWxC)
     batch, h, w, d = x.shape
     x = x.reshape(batch, h * w, d)
-    posemb = self.param("posembed_input_bank",
-                        nn.initializers.normal(stddev=0.02), (1, h * w, d))
+    posemb = self.param(
+        "posembed_input_bank",
+        nn.initializers.normal(stddev=0.02),
+        (1, h * w, d),
+    )
     return nn.Dense(self.width, name="pre_bank")(x + posemb)
 
 
-def create(bank: str, *, stem: str, width: int, bank_size: int,
-           bank_patch_size: int, posemb: bool = False) -> nn.Module:
+def create(
+    bank: str,
+    *,
+    stem: str,
+    width: int,
+    bank_size: int,
+    bank_patch_size: int,
+    posemb: bool = False,
+) -> nn.Module:
   """The bank module for a tape config and a model stem."""
   if bank == "learn":
     return LearnableBank(size=bank_size, width=width, name="bank")
@@ -78,8 +96,14 @@ def create(bank: str, *, stem: str, width: int, bank_size: int,
   return SequenceBank(width=width, posemb=posemb, name="bank")
 
 
-def bank_entries(bank: str, *, stem: str, input_shape: tuple[int, ...],
-                 bank_size: int, bank_patch_size: int) -> int:
+def bank_entries(
+    bank: str,
+    *,
+    stem: str,
+    input_shape: tuple[int, ...],
+    bank_size: int,
+    bank_patch_size: int,
+) -> int:
   """M, the number of entries `create(...)` yields for `input_shape`."""
   if bank == "learn":
     return bank_size
@@ -87,4 +111,3 @@ def bank_entries(bank: str, *, stem: str, input_shape: tuple[int, ...],
     h, w = input_shape[0], input_shape[1]
     return (h // bank_patch_size) * (w // bank_patch_size)
   return input_shape[0]
-

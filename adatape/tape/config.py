@@ -77,40 +77,63 @@ class TapeConfig:
     run_config.check_choice("tape.bank", self.bank, BANK_TYPES)
     run_config.check_choice("tape.loss_type", self.loss_type, LOSS_TYPES)
     run_config.check_choice("tape.query_type", self.query_type, QUERY_TYPES)
-    check(self.num_tokens >= 1,
-          f"tape.num_tokens={self.num_tokens} must be >= 1")
-    check(self.tokens_per_step >= 1,
-          f"tape.tokens_per_step={self.tokens_per_step} must be >= 1")
-    check(self.num_tokens % self.tokens_per_step == 0,
-          f"tape.num_tokens={self.num_tokens} must be a multiple of "
-          f"tape.tokens_per_step={self.tokens_per_step}")
+    check(
+        self.num_tokens >= 1, f"tape.num_tokens={self.num_tokens} must be >= 1"
+    )
+    check(
+        self.tokens_per_step >= 1,
+        f"tape.tokens_per_step={self.tokens_per_step} must be >= 1",
+    )
+    check(
+        self.num_tokens % self.tokens_per_step == 0,
+        f"tape.num_tokens={self.num_tokens} must be a multiple of "
+        f"tape.tokens_per_step={self.tokens_per_step}",
+    )
     check(self.epsilon > 0, f"tape.epsilon={self.epsilon} must be > 0")
-    check(self.epsilon <= self.num_tokens,
-          f"tape.epsilon={self.epsilon} must be <= tape.num_tokens="
-          f"{self.num_tokens} (the halting threshold cannot exceed the tape)")
+    check(
+        self.epsilon <= self.num_tokens,
+        f"tape.epsilon={self.epsilon} must be <= tape.num_tokens="
+        f"{self.num_tokens} (the halting threshold cannot exceed the tape)",
+    )
     if self.adaptive:
-      check(self.num_candidates >= self.tokens_per_step,
-            f"tape.num_tokens / tape.epsilon = {self.num_candidates} "
-            f"candidates per step must be >= tape.tokens_per_step="
-            f"{self.tokens_per_step}")
-    check(0.0 <= self.bank_dropout < 1.0,
-          f"tape.bank_dropout={self.bank_dropout} must be in [0, 1)")
-    check(self.query_noise >= 0,
-          f"tape.query_noise={self.query_noise} must be >= 0")
+      check(
+          self.num_candidates >= self.tokens_per_step,
+          f"tape.num_tokens / tape.epsilon = {self.num_candidates} "
+          f"candidates per step must be >= tape.tokens_per_step="
+          f"{self.tokens_per_step}",
+      )
+    check(
+        0.0 <= self.bank_dropout < 1.0,
+        f"tape.bank_dropout={self.bank_dropout} must be in [0, 1)",
+    )
+    check(
+        self.query_noise >= 0,
+        f"tape.query_noise={self.query_noise} must be >= 0",
+    )
     check(self.key_split >= 1, f"tape.key_split={self.key_split} must be >= 1")
     check(len(self.layers) >= 1, "tape.layers must name at least one layer")
-    check(len(set(self.layers)) == len(self.layers),
-          f"tape.layers={self.layers} has duplicates")
-    check(self.mlp_dim >= 0 and self.encoder_mlp_dim >= 0,
-          "tape.mlp_dim and tape.encoder_mlp_dim must be >= 0")
-    check(0.0 <= self.dropout < 1.0,
-          f"tape.dropout={self.dropout} must be in [0, 1)")
-    check(self.loss_weight >= 0,
-          f"tape.loss_weight={self.loss_weight} must be >= 0")
+    check(
+        len(set(self.layers)) == len(self.layers),
+        f"tape.layers={self.layers} has duplicates",
+    )
+    check(
+        self.mlp_dim >= 0 and self.encoder_mlp_dim >= 0,
+        "tape.mlp_dim and tape.encoder_mlp_dim must be >= 0",
+    )
+    check(
+        0.0 <= self.dropout < 1.0,
+        f"tape.dropout={self.dropout} must be in [0, 1)",
+    )
+    check(
+        self.loss_weight >= 0,
+        f"tape.loss_weight={self.loss_weight} must be >= 0",
+    )
     if self.bank == "learn":
-      check(self.bank_size >= 1,
-            f"tape.bank_size={self.bank_size} must be >= 1 for a learnable "
-            "bank")
+      check(
+          self.bank_size >= 1,
+          f"tape.bank_size={self.bank_size} must be >= 1 for a learnable "
+          "bank",
+      )
 
   @property
   def num_steps(self) -> int:
@@ -137,13 +160,16 @@ class TapeConfig:
         f"the bank ({what}) has {bank_size} entries but reading consumes up "
         f"to {need} (= floor(tape.num_tokens / tape.epsilon) * "
         f"tape.num_tokens / tape.tokens_per_step); lower tape.num_tokens or "
-        f"raise tape.epsilon")
+        f"raise tape.epsilon",
+    )
     run_config.check(
         width % self.key_split == 0,
         f"tape.key_split={self.key_split} must divide the model width "
-        f"{width}")
+        f"{width}",
+    )
 
   def check_layers(self, depth: int) -> None:
     run_config.check(
         all(0 <= layer < depth for layer in self.layers),
-        f"tape.layers={self.layers} must be block indices in [0, {depth})")
+        f"tape.layers={self.layers} must be block indices in [0, {depth})",
+    )

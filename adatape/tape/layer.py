@@ -21,8 +21,14 @@ class TapeAppender(nn.Module):
   config: tape_config.TapeConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array,
-               bank: jax.Array, *, train: bool) -> reader.TapeReadout:
+  def __call__(
+      self,
+      x_BxLxD: jax.Array,
+      mask_BxL: jax.Array,
+      bank: jax.Array,
+      *,
+      train: bool,
+  ) -> reader.TapeReadout:
     cfg = self.config
     if cfg.query_type == "token":
       query_BxD = x_BxLxD[:, 0]
@@ -34,16 +40,22 @@ class TapeAppender(nn.Module):
     dropped_BxM = None
     if train and cfg.bank_dropout > 0:
       dropped_BxM = jax.random.bernoulli(
-          self.make_rng("dropout"), cfg.bank_dropout,
-          (x_BxLxD.shape[0], bank.shape[-2]))
+          self.make_rng("dropout"),
+          cfg.bank_dropout,
+          (x_BxLxD.shape[0], bank.shape[-2]),
+      )
     # One LayerNorm for the query and every bank entry, as officially.
     norm = nn.LayerNorm(name="bank_norm")
     readout = reader.read_tape(
-        norm(query_BxD.astype(jnp.float32)), norm(bank.astype(jnp.float32)),
-        cfg, dropped_BxM)
+        norm(query_BxD.astype(jnp.float32)),
+        norm(bank.astype(jnp.float32)),
+        cfg,
+        dropped_BxM,
+    )
     tokens = readout.tokens_BxTxD.astype(x_BxLxD.dtype)
     if cfg.mlp_dim:
       tokens = layers.GluMlp(cfg.mlp_dim, cfg.dropout, name="tape_mlp")(
-          tokens, train=train)
+          tokens, train=train
+      )
       tokens = jnp.where(readout.mask_BxT[..., None], tokens, 0.0)
     return readout._replace(tokens_BxTxD=tokens)

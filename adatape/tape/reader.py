@@ -81,8 +81,9 @@ def _group_matrix(num_candidates: int, tokens_per_step: int) -> np.ndarray:
   return (ranks[None, :] % tokens_per_step == groups).astype(np.float32)
 
 
-def _merge(weights_BxK: jax.Array, cand_BxKxD: jax.Array,
-           tokens_per_step: int) -> jax.Array:
+def _merge(
+    weights_BxK: jax.Array, cand_BxKxD: jax.Array, tokens_per_step: int
+) -> jax.Array:
   """Weighted merge of the K candidates into p tokens, [B, p, D].
 
   With p = 1 this is the official merge sum_j w_j v_j. With p > 1 (which
@@ -92,16 +93,19 @@ def _merge(weights_BxK: jax.Array, cand_BxKxD: jax.Array,
   if tokens_per_step == 1:
     return jnp.einsum("bk,bkd->bd", weights_BxK, cand_BxKxD)[:, None, :]
   groups_PxK = jnp.asarray(
-      _group_matrix(weights_BxK.shape[-1], tokens_per_step))
+      _group_matrix(weights_BxK.shape[-1], tokens_per_step)
+  )
   grouped_BxPxK = groups_PxK[None] * weights_BxK[:, None, :]
   grouped_BxPxK = grouped_BxPxK / grouped_BxPxK.sum(-1, keepdims=True)
   return jnp.einsum("bpk,bkd->bpd", grouped_BxPxK, cand_BxKxD)
 
 
-def read_tape(query_BxD: jax.Array,
-              bank: jax.Array,
-              config: tape_config.TapeConfig,
-              dropped_BxM: jax.Array | None = None) -> TapeReadout:
+def read_tape(
+    query_BxD: jax.Array,
+    bank: jax.Array,
+    config: tape_config.TapeConfig,
+    dropped_BxM: jax.Array | None = None,
+) -> TapeReadout:
   """Reads a tape of up to T tokens from `bank` for each example.
 
   Args:
@@ -134,8 +138,11 @@ def read_tape(query_BxD: jax.Array,
     scores_BxM = _scores(carry.query_BxDk, keys)
     masked_BxM = jnp.where(carry.used_BxM, -jnp.inf, scores_BxM)
     if dropped_BxM is not None:
-      masked_BxM = jnp.where(dropped_BxM & ~carry.used_BxM,
-                             masked_BxM - _DROPPED_PENALTY, masked_BxM)
+      masked_BxM = jnp.where(
+          dropped_BxM & ~carry.used_BxM,
+          masked_BxM - _DROPPED_PENALTY,
+          masked_BxM,
+      )
     top_BxK, index_BxK = jax.lax.top_k(masked_BxM, num_cand)
     if config.legacy_flat_gather:
       # Official behaviour: a gather on the flattened [B*M] scores with
@@ -144,23 +151,27 @@ def read_tape(query_BxD: jax.Array,
     weight_BxK = jax.nn.softmax(top_BxK * scale, axis=-1)
     cand_BxKxD = _gather_rows(bank, index_BxK)
     tokens_BxPxD = _merge(weight_BxK, cand_BxKxD, p)
-    read_key_BxDk = jnp.einsum("bk,bkd->bd", weight_BxK,
-                               cand_BxKxD[..., :key_dim])
+    read_key_BxDk = jnp.einsum(
+        "bk,bkd->bd", weight_BxK, cand_BxKxD[..., :key_dim]
+    )
     if config.complex_query:
       query_BxDk = 0.5 * (carry.query_BxDk + read_key_BxDk)
     else:
       query_BxDk = read_key_BxDk
-    used_BxM = carry.used_BxM.at[
-        jnp.arange(batch)[:, None], index_BxK].set(True)
+    used_BxM = carry.used_BxM.at[jnp.arange(batch)[:, None], index_BxK].set(
+        True
+    )
     increment_B = jnp.sum(weight_BxK[:, :p], axis=-1)
     new_carry = _Carry(query_BxDk, carry.halting_B + increment_B, used_BxM)
     return new_carry, (tokens_BxPxD, index_BxK, weight_BxK, carry.halting_B)
 
   def skip(carry: _Carry, _):
-    zeros = (jnp.zeros((batch, p, width), jnp.float32),
-             jnp.zeros((batch, num_cand), jnp.int32),
-             jnp.zeros((batch, num_cand), jnp.float32),
-             carry.halting_B)
+    zeros = (
+        jnp.zeros((batch, p, width), jnp.float32),
+        jnp.zeros((batch, num_cand), jnp.int32),
+        jnp.zeros((batch, num_cand), jnp.float32),
+        carry.halting_B,
+    )
     return carry, zeros
 
   def maybe_step(carry: _Carry, x):
@@ -170,10 +181,12 @@ def read_tape(query_BxD: jax.Array,
   init = _Carry(
       query_BxDk=query_BxD[:, :key_dim],
       halting_B=jnp.zeros((batch,), jnp.float32),
-      used_BxM=jnp.zeros((batch, num_bank), bool))
+      used_BxM=jnp.zeros((batch, num_bank), bool),
+  )
   body = maybe_step if config.early_stop else step
   _, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
-      body, init, None, length=config.num_steps)
+      body, init, None, length=config.num_steps
+  )
 
   # Halting bookkeeping, vectorised over steps (fewer ops inside the loop).
   # An example runs at step t while its halting sum before t is below
@@ -189,7 +202,8 @@ def read_tape(query_BxD: jax.Array,
   steps_B = jnp.sum(running_SxB, axis=0, dtype=jnp.int32)
 
   tokens_BxTxD = jnp.moveaxis(tokens_SxBxPxD, 0, 1).reshape(
-      batch, config.num_tokens, width)
+      batch, config.num_tokens, width
+  )
   length_B = steps_B * p
   mask_BxT = jnp.arange(config.num_tokens)[None, :] < length_B[:, None]
   # Zero the slots past each example's length (officially left as they
@@ -202,12 +216,17 @@ def read_tape(query_BxD: jax.Array,
       length_B=length_B,
       loss_B=loss_B,
       indices_BxSxK=jnp.moveaxis(index_SxBxK, 0, 1),
-      weights_BxSxK=jnp.moveaxis(weight_SxBxK, 0, 1))
+      weights_BxSxK=jnp.moveaxis(weight_SxBxK, 0, 1),
+  )
 
 
-def _read_fixed(query_BxDk: jax.Array, keys: jax.Array, bank: jax.Array,
-                config: tape_config.TapeConfig,
-                dropped_BxM: jax.Array | None) -> TapeReadout:
+def _read_fixed(
+    query_BxDk: jax.Array,
+    keys: jax.Array,
+    bank: jax.Array,
+    config: tape_config.TapeConfig,
+    dropped_BxM: jax.Array | None,
+) -> TapeReadout:
   """Non-adaptive reading: the top-T bank entries by score, every time.
 
   The forward value is exactly the selected (normalised) bank entries, as in
@@ -220,8 +239,9 @@ def _read_fixed(query_BxDk: jax.Array, keys: jax.Array, bank: jax.Array,
   key_dim = query_BxDk.shape[-1]
   scores_BxM = _scores(query_BxDk, keys)
   if dropped_BxM is not None:
-    scores_BxM = jnp.where(dropped_BxM, scores_BxM - _DROPPED_PENALTY,
-                           scores_BxM)
+    scores_BxM = jnp.where(
+        dropped_BxM, scores_BxM - _DROPPED_PENALTY, scores_BxM
+    )
   top_BxT, index_BxT = jax.lax.top_k(scores_BxM, config.num_tokens)
   weight_BxT = jax.nn.softmax(top_BxT / np.sqrt(key_dim), axis=-1)
   gate_BxT = weight_BxT / jax.lax.stop_gradient(weight_BxT)
@@ -232,4 +252,5 @@ def _read_fixed(query_BxDk: jax.Array, keys: jax.Array, bank: jax.Array,
       length_B=jnp.full((batch,), config.num_tokens, jnp.int32),
       loss_B=jnp.zeros((batch,), jnp.float32),
       indices_BxSxK=index_BxT[:, None, :],
-      weights_BxSxK=weight_BxT[:, None, :])
+      weights_BxSxK=weight_BxT[:, None, :],
+  )

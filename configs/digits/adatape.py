@@ -21,8 +21,12 @@ from configs.digits import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse(arg)
   c = common.base(args)
-  c.model = common.model("adatape", bank_patch_size=4,
-                         pool_include_padded_tape=False, bank_posemb=False)
+  c.model = common.model(
+      "adatape",
+      bank_patch_size=4,
+      pool_include_padded_tape=False,
+      bank_posemb=False,
+  )
   c.tape = methods.tape(num_tokens=8, epsilon=2.0, key_split=common.HEADS)
   if args.tiny:
     common.shrink(c)

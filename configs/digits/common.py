@@ -25,10 +25,12 @@ PATCH = 8
 
 
 def parse(arg: str | None) -> ml_collections.ConfigDict:
-  args = run_config.parse_arg(arg, data_dir="", steps=0, tiny=False,
-                              source="images")
-  run_config.check_choice("config arg source", args.source,
-                          ("images", "stream"))
+  args = run_config.parse_arg(
+      arg, data_dir="", steps=0, tiny=False, source="images"
+  )
+  run_config.check_choice(
+      "config arg source", args.source, ("images", "stream")
+  )
   return args
 
 
@@ -37,22 +39,43 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = shared.run(args.steps or 2000, "softmax_xent")
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
-  c.data = ml_collections.ConfigDict(dict(
-      name="images", dataset="adatape_digits", data_dir=args.data_dir,
-      train_split="train", eval_split="test", image_key="image",
-      label_key="label", image_size=32, eval_resize=0, crop_area_min=0.5,
-      flip=False, randaug_layers=0, randaug_magnitude=15.0,
-      mixup_alpha=0.0))
+  c.data = ml_collections.ConfigDict(
+      dict(
+          name="images",
+          dataset="adatape_digits",
+          data_dir=args.data_dir,
+          train_split="train",
+          eval_split="test",
+          image_key="image",
+          label_key="label",
+          image_size=32,
+          eval_resize=0,
+          crop_area_min=0.5,
+          flip=False,
+          randaug_layers=0,
+          randaug_magnitude=15.0,
+          mixup_alpha=0.0,
+      )
+  )
   if args.source == "stream":
-    c.data.update(name="stream", num_classes=0, shuffle_buffer=2000,
-                  prefetch=2)
+    c.data.update(name="stream", num_classes=0, shuffle_buffer=2000, prefetch=2)
   return c
 
 
 def model(name: str, **extra) -> ml_collections.ConfigDict:
-  return shared.encoder(name, WIDTH, DEPTH, HEADS, MLP_DIM, stem="patches",
-                           patch_size=PATCH, classifier="gap", posemb=True,
-                           head_bias_init=0.0, **extra)
+  return shared.encoder(
+      name,
+      WIDTH,
+      DEPTH,
+      HEADS,
+      MLP_DIM,
+      stem="patches",
+      patch_size=PATCH,
+      classifier="gap",
+      posemb=True,
+      head_bias_init=0.0,
+      **extra,
+  )
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:

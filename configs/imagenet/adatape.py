@@ -34,16 +34,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base(args)
   size = args.variant.split("/")[0]
   _, _, heads, mlp_dim = common.VARIANTS[size]
-  c.model = common.model("adatape", args.variant, bank_patch_size=8,
-                         pool_include_padded_tape=False, bank_posemb=False)
+  c.model = common.model(
+      "adatape",
+      args.variant,
+      bank_patch_size=8,
+      pool_include_padded_tape=False,
+      bank_posemb=False,
+  )
   c.tape = methods.tape(
-      bank=args.bank, bank_size=10_000 if args.bank == "learn" else 0,
-      num_tokens=10, epsilon=2.0, key_split=heads, mlp_dim=mlp_dim)
+      bank=args.bank,
+      bank_size=10_000 if args.bank == "learn" else 0,
+      num_tokens=10,
+      epsilon=2.0,
+      key_split=heads,
+      mlp_dim=mlp_dim,
+  )
   if args.tiny:
     common.shrink(c)
     c.model.bank_patch_size = 4
-    c.tape.update(num_tokens=4, key_split=2, mlp_dim=32,
-                  bank_size=64 if args.bank == "learn" else 0)
+    c.tape.update(
+        num_tokens=4,
+        key_split=2,
+        mlp_dim=32,
+        bank_size=64 if args.bank == "learn" else 0,
+    )
   return c
 
 
@@ -51,5 +65,10 @@ def sweep(add):
   """Tape budget: (T, epsilon) pairs crossed with the ATR-loss weight."""
   for num_tokens, epsilon in ((5, 1.0), (10, 2.0), (10, 4.0), (20, 4.0)):
     for weight in (0.0, 0.01, 0.1):
-      add(**{"tape.num_tokens": num_tokens, "tape.epsilon": epsilon,
-             "tape.loss_weight": weight})
+      add(
+          **{
+              "tape.num_tokens": num_tokens,
+              "tape.epsilon": epsilon,
+              "tape.loss_weight": weight,
+          }
+      )

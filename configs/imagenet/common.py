@@ -27,25 +27,42 @@ from adatape import run_config
 from configs import shared
 
 # name: (width, depth, heads, MLP width), the ViT sizes of the official code.
-VARIANTS = {"Ti": (192, 12, 3, 768), "S": (384, 12, 6, 1536),
-            "B": (768, 12, 12, 3072), "L": (1024, 24, 16, 4096)}
+VARIANTS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+}
 TRAIN_EXAMPLES = 1_281_167
 IMAGE_SIZE = 224
 
 
-def parse(arg: str | None, epochs: int = 300, **extra
-          ) -> ml_collections.ConfigDict:
+def parse(
+    arg: str | None, epochs: int = 300, **extra
+) -> ml_collections.ConfigDict:
   """The config args; `extra` adds a config file's own (with defaults)."""
-  args = run_config.parse_arg(arg, variant="S/16", data_dir="", batch=4096,
-                              epochs=epochs, tiny=False, **extra)
+  args = run_config.parse_arg(
+      arg,
+      variant="S/16",
+      data_dir="",
+      batch=4096,
+      epochs=epochs,
+      tiny=False,
+      **extra,
+  )
   name, _, patch = args.variant.partition("/")
   run_config.check(
-      name in VARIANTS and patch.isdigit() and int(patch) > 0
+      name in VARIANTS
+      and patch.isdigit()
+      and int(patch) > 0
       and IMAGE_SIZE % int(patch) == 0,
       f"config arg variant={args.variant!r} must be NAME/PATCH with NAME in "
-      f"{'/'.join(VARIANTS)} and PATCH dividing {IMAGE_SIZE}, e.g. S/16")
-  run_config.check(args.batch > 0 and args.epochs > 0,
-                   "config args batch and epochs must be > 0")
+      f"{'/'.join(VARIANTS)} and PATCH dividing {IMAGE_SIZE}, e.g. S/16",
+  )
+  run_config.check(
+      args.batch > 0 and args.epochs > 0,
+      "config args batch and epochs must be > 0",
+  )
   return args
 
 
@@ -59,24 +76,52 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 5000
-  c.optim.update(learning_rate=1e-3, warmup_steps=10_000, schedule="cosine",
-                 weight_decay=0.1, b1=0.9, b2=0.999, clip_norm=1.0,
-                 decay_mask="all")
-  c.data = ml_collections.ConfigDict(dict(
-      name="stream", dataset="imagenet2012", data_dir=args.data_dir,
-      train_split="train", eval_split="validation", image_key="image",
-      label_key="label", num_classes=0, image_size=IMAGE_SIZE,
-      eval_resize=256, crop_area_min=0.05, flip=True, randaug_layers=2,
-      randaug_magnitude=15.0, mixup_alpha=0.5, shuffle_buffer=250_000,
-      prefetch=2))
+  c.optim.update(
+      learning_rate=1e-3,
+      warmup_steps=10_000,
+      schedule="cosine",
+      weight_decay=0.1,
+      b1=0.9,
+      b2=0.999,
+      clip_norm=1.0,
+      decay_mask="all",
+  )
+  c.data = ml_collections.ConfigDict(
+      dict(
+          name="stream",
+          dataset="imagenet2012",
+          data_dir=args.data_dir,
+          train_split="train",
+          eval_split="validation",
+          image_key="image",
+          label_key="label",
+          num_classes=0,
+          image_size=IMAGE_SIZE,
+          eval_resize=256,
+          crop_area_min=0.05,
+          flip=True,
+          randaug_layers=2,
+          randaug_magnitude=15.0,
+          mixup_alpha=0.5,
+          shuffle_buffer=250_000,
+          prefetch=2,
+      )
+  )
   return c
 
 
 def model(name: str, variant: str, **extra) -> ml_collections.ConfigDict:
   size, patch = variant.split("/")
-  return shared.encoder(name, *VARIANTS[size], stem="patches",
-                           patch_size=int(patch), classifier="gap",
-                           posemb=True, head_bias_init=-6.9, **extra)
+  return shared.encoder(
+      name,
+      *VARIANTS[size],
+      stem="patches",
+      patch_size=int(patch),
+      classifier="gap",
+      posemb=True,
+      head_bias_init=-6.9,
+      **extra,
+  )
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base(args)
   reference = imagenet_adatape.get_config(
       f"variant={args.variant},bank={args.bank}"
-      + (",tiny" if args.tiny else ""))
+      + (",tiny" if args.tiny else "")
+  )
   c.model = reference.model
   c.model.head_bias_init = -10.0
   c.tape = reference.tape

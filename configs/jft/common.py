@@ -34,13 +34,24 @@ PEAK_LR = {"Ti": 1e-3, "S": 1e-3, "B": 8e-4, "L": 4e-4}
 
 
 def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
+  """The JFT family's config args: ImageNet's, plus `extra`."""
   args = imagenet.parse(
-      arg, epochs=7, dataset="", image_key="image", label_key="labels",
-      num_classes=0, train_split="train", eval_split="validation",
-      examples=303_000_000, **extra)
-  run_config.check(bool(args.dataset),
-                   "config arg dataset=NAME is required: the TFDS name of "
-                   "your JFT-style dataset")
+      arg,
+      epochs=7,
+      dataset="",
+      image_key="image",
+      label_key="labels",
+      num_classes=0,
+      train_split="train",
+      eval_split="validation",
+      examples=303_000_000,
+      **extra,
+  )
+  run_config.check(
+      bool(args.dataset),
+      "config arg dataset=NAME is required: the TFDS name of "
+      "your JFT-style dataset",
+  )
   run_config.check(args.examples > 0, "config arg examples must be > 0")
   return args
 
@@ -50,13 +61,23 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # The ImageNet recipe's schedule, mesh and logging, then JFT's values.
   c = imagenet.base(args)
   c.total_steps = args.epochs * (args.examples // args.batch)
-  c.optim.update(learning_rate=PEAK_LR[args.variant.split("/")[0]],
-                 warmup_steps=10_000, schedule="linear", weight_decay=0.1)
+  c.optim.update(
+      learning_rate=PEAK_LR[args.variant.split("/")[0]],
+      warmup_steps=10_000,
+      schedule="linear",
+      weight_decay=0.1,
+  )
   c.eval_every_steps = 5000
-  c.data.update(dataset=args.dataset, image_key=args.image_key,
-                label_key=args.label_key, num_classes=args.num_classes,
-                train_split=args.train_split, eval_split=args.eval_split,
-                randaug_layers=0, mixup_alpha=0.0)
+  c.data.update(
+      dataset=args.dataset,
+      image_key=args.image_key,
+      label_key=args.label_key,
+      num_classes=args.num_classes,
+      train_split=args.train_split,
+      eval_split=args.eval_split,
+      randaug_layers=0,
+      mixup_alpha=0.0,
+  )
   return c
 
 

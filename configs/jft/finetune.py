@@ -25,13 +25,19 @@ from configs.imagenet import vit as imagenet_vit
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = imagenet.parse(arg, init_from="", method="adatape", bank="input",
-                        steps=20_000, image_size=0)
-  run_config.check(bool(args.init_from),
-                   "config arg init_from=WORKDIR (the pre-training run) is "
-                   "required")
-  run_config.check_choice("config arg method", args.method,
-                          ("vit", "adatape"))
+  args = imagenet.parse(
+      arg,
+      init_from="",
+      method="adatape",
+      bank="input",
+      steps=20_000,
+      image_size=0,
+  )
+  run_config.check(
+      bool(args.init_from),
+      "config arg init_from=WORKDIR (the pre-training run) is required",
+  )
+  run_config.check_choice("config arg method", args.method, ("vit", "adatape"))
   common_args = f"variant={args.variant},data_dir={args.data_dir}"
   common_args += ",tiny" if args.tiny else ""
   if args.method == "adatape":
@@ -41,11 +47,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init_from = args.init_from
   # 0: the paper's 384 px (tiny: 48, still a larger grid than tiny's 32).
   size = args.image_size or (48 if args.tiny else 384)
-  c.data.update(randaug_layers=0, mixup_alpha=0.0, image_size=size,
-                eval_resize=size * 8 // 7)
-  c.optim.update(name="sgd", learning_rate=0.01,
-                 warmup_steps=2 if args.tiny else 500, schedule="cosine",
-                 weight_decay=0.0, b1=0.9, clip_norm=1.0)
+  c.data.update(
+      randaug_layers=0,
+      mixup_alpha=0.0,
+      image_size=size,
+      eval_resize=size * 8 // 7,
+  )
+  c.optim.update(
+      name="sgd",
+      learning_rate=0.01,
+      warmup_steps=2 if args.tiny else 500,
+      schedule="cosine",
+      weight_decay=0.0,
+      b1=0.9,
+      clip_norm=1.0,
+  )
   if not args.tiny:
     c.total_steps = args.steps
     c.batch_size = c.eval_batch_size = 512

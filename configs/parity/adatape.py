@@ -29,14 +29,21 @@ TAPE_FOR_LENGTH = {8: (4, 2.0), 16: (8, 4.0), 32: (8, 2.0), 64: (8, 1.0)}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse(arg)
   c = common.base(args)
-  c.model = common.model("adatape", stem="flatten", classifier="gap",
-                         posemb=False, head_bias_init=0.0,
-                         pool_include_padded_tape=False)
+  c.model = common.model(
+      "adatape",
+      stem="flatten",
+      classifier="gap",
+      posemb=False,
+      head_bias_init=0.0,
+      pool_include_padded_tape=False,
+  )
   num_tokens, epsilon = TAPE_FOR_LENGTH.get(args.seq_len, (8, 2.0))
   c.tape = methods.tape(
-      num_tokens=num_tokens, epsilon=epsilon,
+      num_tokens=num_tokens,
+      epsilon=epsilon,
       # d_k = width / heads, as the official config's split_tt = heads.
-      key_split=common.HEADS)
+      key_split=common.HEADS,
+  )
   if args.tiny:
     common.shrink(c)
     c.tape.num_tokens, c.tape.epsilon = 4, 2.0
@@ -48,5 +55,10 @@ def sweep(add):
   """Tape budget: T, epsilon and the ATR-loss weight at length 32."""
   for num_tokens, epsilon in ((4, 1.0), (8, 2.0), (8, 4.0)):
     for weight in (0.0, 0.01, 0.1):
-      add(**{"tape.num_tokens": num_tokens, "tape.epsilon": epsilon,
-             "tape.loss_weight": weight})
+      add(
+          **{
+              "tape.num_tokens": num_tokens,
+              "tape.epsilon": epsilon,
+              "tape.loss_weight": weight,
+          }
+      )

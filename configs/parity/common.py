@@ -19,8 +19,9 @@ WIDTH, DEPTH, HEADS, MLP_DIM = 64, 2, 4, 256
 
 def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
   """The family's config args, plus a method file's `extra` ones."""
-  return run_config.parse_arg(arg, seq_len=32, variant="uniform", tiny=False,
-                              steps=0, **extra)
+  return run_config.parse_arg(
+      arg, seq_len=32, variant="uniform", tiny=False, steps=0, **extra
+  )
 
 
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

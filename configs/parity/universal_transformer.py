@@ -22,9 +22,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse(arg)
   c = common.base(args)
   c.model = common.model(
-      "universal_transformer", stem="sequence", classifier="gap", posemb=True,
-      act_level="per_token", act_type="basic", act_epsilon=0.01,
-      halting_bias_init=1.0, act_loss_weight=0.01, head_bias_init=0.0)
+      "universal_transformer",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      act_level="per_token",
+      act_type="basic",
+      act_epsilon=0.01,
+      halting_bias_init=1.0,
+      act_loss_weight=0.01,
+      head_bias_init=0.0,
+  )
   c.model.depth = 2 * common.DEPTH
   if args.tiny:
     common.shrink(c)

@@ -21,9 +21,15 @@ from configs.pvr import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse(arg)
   c = common.base(args)
-  c.model = common.model("adatape", stem="flatten", classifier="gap",
-                         posemb=False, head_bias_init=0.0,
-                         pool_include_padded_tape=False, bank_posemb=True)
+  c.model = common.model(
+      "adatape",
+      stem="flatten",
+      classifier="gap",
+      posemb=False,
+      head_bias_init=0.0,
+      pool_include_padded_tape=False,
+      bank_posemb=True,
+  )
   c.tape = methods.tape(num_tokens=4, epsilon=2.0, key_split=common.HEADS)
   if args.tiny:
     common.shrink(c)

@@ -21,8 +21,9 @@ MAX_STEPS = 8
 
 
 def parse(arg: str | None, **extra) -> ml_collections.ConfigDict:
-  return run_config.parse_arg(arg, seq_len=8, train_hops=3, eval_hops=6,
-                              tiny=False, steps=0, **extra)
+  return run_config.parse_arg(
+      arg, seq_len=8, train_hops=3, eval_hops=6, tiny=False, steps=0, **extra
+  )
 
 
 def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

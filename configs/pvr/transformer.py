@@ -18,8 +18,13 @@ from configs.pvr import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse(arg)
   c = common.base(args)
-  c.model = common.model("transformer", stem="sequence", classifier="gap",
-                         posemb=True, head_bias_init=0.0)
+  c.model = common.model(
+      "transformer",
+      stem="sequence",
+      classifier="gap",
+      posemb=True,
+      head_bias_init=0.0,
+  )
   if args.tiny:
     common.shrink(c)
   return c
