@@ -9,16 +9,15 @@ the trainer built them, and the parameters of one checkpoint.
 """
 
 import json
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
-from tensorflow.io import gfile
 
 from adatape import checkpointing
 from adatape import run_config
+from adatape import storage
 from adatape import assemble
 from adatape import workdir as workdir_lib
 from adatape.models import outputs
@@ -37,12 +36,12 @@ def read_run(
   """A run's config, and the step and parameters of one checkpoint
   (default: latest), without building its data source (which may need
   data this host does not have)."""
-  path = os.path.join(workdir, workdir_lib.CONFIG)
+  path = storage.join(workdir, workdir_lib.CONFIG)
   run_config.check(
-      gfile.exists(path), f"--workdir={workdir} holds no run (no config.json)"
+      storage.exists(path),
+      f"--workdir={workdir} holds no run (no config.json)",
   )
-  with gfile.GFile(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(storage.read_text(path)))
   step, params = checkpointing.restore_params(workdir, step)
   return config, step, params
 

@@ -6,29 +6,133 @@ training time. Data batches are a pure function of the step, so the step is
 the data position and a resumed run continues exactly. Saves are
 asynchronous; a save interrupted by a kill leaves only a temporary folder,
 which Orbax never treats as a checkpoint, so the latest finished step is
-always the one restored; a finished checkpoint that was damaged afterwards
-(truncated) is skipped for the previous one, with a warning.
+always the one restored.
+
+No error deletes a checkpoint. When the latest one cannot be restored:
+- if it is shown to be damaged (its metadata is missing or unparsable, or
+  reading its arrays fails with a data error: a truncated or missing
+  file), it is moved to `checkpoints/damaged/STEP` with a warning, and the
+  previous one is tried;
+- otherwise (the model's parameters differ from the checkpoint's: a
+  renamed or reshaped parameter; out of memory; a transient I/O error) the
+  run stops with one line naming the cause, every checkpoint intact.
 """
 
+import json
 import os
 import sys
 from typing import Any
 
+from etils import epath
+import jax
 import orbax.checkpoint as ocp
+
+from adatape import storage
+
+# Where damaged checkpoints are moved, inside the checkpoint directory.
+DAMAGED = "damaged"
+
+# Status codes (absl / TensorStore) and errors that mean the bytes on disk
+# are bad, as opposed to a failure to read them right now.
+_DATA_ERRORS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "Error decoding")
+_DATA_EXCEPTIONS = (
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+    EOFError,
+    FileNotFoundError,
+)
 
 
 class CheckpointError(RuntimeError):
-  """Checkpoints exist but none can be restored."""
+  """Checkpoints exist but cannot be used; none was changed."""
+
+
+def _absolute(directory: str) -> str:
+  """Orbax wants absolute paths (URLs stay as they are)."""
+  return directory if "://" in directory else os.path.abspath(directory)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """`error` and its causes."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def _first_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {(lines or [''])[0][:240]}"
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a restore error shows that the checkpoint's files are bad."""
+  for e in _chain(error):
+    if isinstance(e, _DATA_EXCEPTIONS):
+      return True
+    if any(code in str(e) for code in _DATA_ERRORS):
+      return True
+  return False
+
+
+def _cause(error: BaseException) -> str:
+  """The most specific line of an error chain (the root cause)."""
+  return _first_line(_chain(error)[-1])
+
+
+def _tree_of(metadata: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{path: (shape, dtype)} of a checkpoint's saved state (from its
+  metadata) or of an abstract state."""
+  leaves = jax.tree_util.tree_leaves_with_path(
+      metadata, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+  )
+  return {
+      jax.tree_util.keystr(path, simple=True, separator="/"): (
+          tuple(leaf.shape),
+          str(leaf.dtype),
+      )
+      for path, leaf in leaves
+  }
+
+
+def mismatch(saved: Any, abstract: Any) -> str | None:
+  """What differs between a saved state's metadata and the state this run
+  builds, in one phrase; None if they have the same leaves and shapes."""
+  have, want = _tree_of(saved), _tree_of(abstract)
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want))
+  if missing or extra:
+    parts = []
+    if missing:
+      parts.append(
+          f"this model has {missing[0]}"
+          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+          + " which the checkpoint lacks"
+      )
+    if extra:
+      parts.append(
+          f"the checkpoint has {extra[0]}"
+          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+          + " which this model lacks"
+      )
+    return "; ".join(parts)
+  for path in sorted(want):
+    if have[path][0] != want[path][0]:
+      return (
+          f"{path} has shape {have[path][0]} in the checkpoint but "
+          f"{want[path][0]} in this model"
+      )
+  return None
 
 
 class Checkpointer:
   """Saves every `every_steps` steps (and on request); restores the latest."""
 
   def __init__(self, directory: str, *, every_steps: int, max_to_keep: int):
-    if "://" not in directory:
-      directory = os.path.abspath(directory)  # Orbax wants absolute paths.
+    self._directory = _absolute(directory)
     self._manager = ocp.CheckpointManager(
-        directory,
+        self._directory,
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
             max_to_keep=max_to_keep,
@@ -65,36 +169,78 @@ class Checkpointer:
     )
     return restored.state, dict(restored.meta)
 
+  def _saved_metadata(self, step: int) -> Any:
+    """The saved state's tree of array metadata; raises if unreadable."""
+    step_dir = storage.join(self._directory, str(step))
+    json.loads(storage.read_text(storage.join(step_dir, "meta", "metadata")))
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(storage.join(step_dir, "state"))
+    )
+    return getattr(metadata, "tree", metadata)
+
+  def _set_aside(self, step: int, why: str) -> None:
+    """Moves a damaged checkpoint to `damaged/STEP` (never deletes it)."""
+    target = storage.join(self._directory, DAMAGED, str(step))
+    suffix = 1
+    while storage.exists(target):
+      target = storage.join(self._directory, DAMAGED, f"{step}.{suffix}")
+      suffix += 1
+    if jax.process_index() == 0:
+      storage.makedirs(storage.join(self._directory, DAMAGED))
+      storage.move(storage.join(self._directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices(f"adatape_damaged_{step}")
+    self._manager.reload()
+    print(
+        f"warning: checkpoint {step} in {self._directory} is damaged "
+        f"({why}); moved to {target}; falling back to the previous one",
+        file=sys.stderr,
+        flush=True,
+    )
+
   def restore_latest(
       self, abstract_state: Any
   ) -> tuple[int, Any, dict[str, Any]] | None:
-    """Restores the newest readable checkpoint, or None if there is none.
+    """Restores the newest usable checkpoint, or None if there is none.
 
-    A checkpoint that fails to restore (a truncated file, a disk error) is
-    reported, deleted so that its step can be saved again, and the previous
-    one is tried. If checkpoints exist but none is readable, that is an
-    error: silently training from scratch would discard the run.
+    A damaged checkpoint is moved aside and the previous one tried; any
+    other failure raises CheckpointError with every checkpoint intact (see
+    the module docstring). Checkpoints that all turn out damaged are an
+    error too: silently training from scratch would discard the run.
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
     for step in steps:
       try:
+        saved = self._saved_metadata(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, f"unreadable metadata: {_cause(e)}")
+        continue
+      different = mismatch(saved, abstract_state)
+      if different:
+        raise CheckpointError(
+            f"checkpoint {step} in {self._directory} does not fit this "
+            f"model: {different}; no checkpoint was changed (resume with the "
+            "code that wrote it, or use a new --workdir)"
+        )
+      try:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(
-            f"warning: checkpoint {step} in {self._manager.directory} is "
-            f"unreadable ({type(e).__name__}: {first_line[:200]}); "
-            "falling back to the previous one",
-            file=sys.stderr,
-            flush=True,
-        )
-        self._manager.delete(step)
+        if not is_damage(e):
+          raise CheckpointError(
+              f"checkpoint {step} in {self._directory} could not be "
+              f"restored ({_cause(e)}); no checkpoint was changed"
+          ) from e
+        self._set_aside(step, _cause(e))
         continue
       return step, state, meta
     if steps:
       raise CheckpointError(
-          f"no readable checkpoint among steps {sorted(steps)} in "
-          f"{self._manager.directory}; move them away to start over"
+          f"every checkpoint in {self._directory} (steps "
+          f"{sorted(steps)}) was damaged and has been moved to "
+          f"{storage.join(self._directory, DAMAGED)}; run again to start "
+          "over"
       )
     return None
 
@@ -116,9 +262,7 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
   For evaluation and analysis of finished runs on one process; training
   restores the whole sharded state through `Checkpointer` instead.
   """
-  directory = os.path.join(workdir, "checkpoints")
-  if "://" not in directory:
-    directory = os.path.abspath(directory)
+  directory = _absolute(storage.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True)
   )

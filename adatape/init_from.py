@@ -8,17 +8,16 @@ patch grid when the resolution changed, as the ViT paper fine-tunes.
 """
 
 import math
-import os
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tensorflow.io import gfile
 
 from adatape import checkpointing
 from adatape import run_config
+from adatape import storage
 
 
 def resample_grid(posemb_1xNxD: np.ndarray, tokens: int) -> np.ndarray:
@@ -51,7 +50,7 @@ def load(
   embeddings of another grid size are resampled to this model's.
   """
   run_config.check(
-      gfile.exists(os.path.join(workdir, "checkpoints")),
+      storage.exists(storage.join(workdir, "checkpoints")),
       f"init_from={workdir} holds no checkpoints/ (train that run first)",
   )
   image_grid = getattr(model_config, "image_grid", False)

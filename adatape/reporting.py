@@ -1,30 +1,41 @@
 """What a run writes for people and programs to read.
 
-  TensorBoard   event files in the workdir (clu SummaryWriter);
-  console       one progress line per log step (a clu MetricWriter), with
-                loss, accuracy, tape length / ponder steps, steps/s and ETA;
+  console       one progress line per log step: loss, accuracy, the
+                model's labelled metrics (tape length, ACT steps, ...),
+                steps/s and ETA;
+  TensorBoard   event files in the workdir (`tensorboard --logdir DIR`),
+                written without TensorFlow;
   metrics.jsonl one JSON object per logged step, `{"step": N, ...}`;
   results.json  written once, atomically, when the run finishes.
 
-Paths may be local or URLs that TensorFlow's gfile knows (gs://...), so a
-TPU pod writes its logs straight to a bucket. Only process 0 writes files.
-On resume, rows of metrics.jsonl past the
+Workdirs may be local or URLs (gs://...; see `storage.py`), so a TPU pod
+writes its logs straight to a bucket. Only process 0 writes files. Rows
+and events are buffered and written by a background thread at every
+`flush()` (the trainer flushes at evals, checkpoints and the end, SIGTERM
+included): the training loop never waits on a bucket, and on an object
+store, where an append rewrites the object, that happens a few times per
+run instead of at every log step. On resume, rows of metrics.jsonl past the
 restored step (logged after the last checkpoint) are dropped, so the file
 always describes the run that the checkpoints continue.
 """
 
+import concurrent.futures
 import csv
+import io
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from clu import metric_writers
-from clu.metric_writers import interface
-from tensorflow.io import gfile
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 
+from adatape import storage
 from adatape.models import outputs
 
 
@@ -64,62 +75,32 @@ def _duration(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-class ConsoleWriter(interface.MetricWriter):
-  """Prints scalars as one compact progress line to stdout."""
-
-  def __init__(self, total_steps: int, keys: Sequence[tuple[str, str, str]]):
-    self._total = total_steps
-    self._keys = keys
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    parts = [f"step {step}/{self._total}"]
-    for key, label, fmt in self._keys:
-      if key in scalars:
-        parts.append(f"{label} {fmt.format(float(scalars[key]))}")
-    if "perf/eta_sec" in scalars:
-      parts.append(f"ETA {_duration(float(scalars['perf/eta_sec']))}")
-    print(" | ".join(parts), flush=True)
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
-  def flush(self):
-    sys.stdout.flush()
-
-  def close(self):
-    self.flush()
+def progress_line(
+    step: int,
+    total: int,
+    scalars: Mapping[str, Any],
+    keys: Sequence[tuple[str, str, str]],
+) -> str:
+  """`step N/T | loss ... | ETA ...`: the scalars named in `keys`."""
+  parts = [f"step {step}/{total}"]
+  for key, label, fmt in keys:
+    if key in scalars:
+      parts.append(f"{label} {fmt.format(float(scalars[key]))}")
+  if "perf/eta_sec" in scalars:
+    parts.append(f"ETA {_duration(float(scalars['perf/eta_sec']))}")
+  return " | ".join(parts)
 
 
 def read_json(path: str) -> Any:
   """Reads JSON from a local path or a URL (gs://...)."""
-  with gfile.GFile(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def atomic_write_json(path: str, payload: Any) -> None:
-  """Writes JSON to `path` via a temporary file and rename."""
-  tmp = f"{path}.tmp"
-  with gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-  gfile.rename(tmp, path, overwrite=True)
+  """Writes JSON so that a reader sees the whole old or new file."""
+  storage.write_atomic(
+      path, json.dumps(payload, indent=2, sort_keys=True) + "\n"
+  )
 
 
 def write_table(
@@ -133,10 +114,11 @@ def write_table(
   The CSV has `keys` with full precision; the markdown has `markdown_keys`
   (default: the same) with floats to 4 significant digits.
   """
-  with gfile.GFile(path_prefix + ".csv", "w") as f:
-    writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  storage.write_atomic(path_prefix + ".csv", buffer.getvalue())
   keys = markdown_keys or keys
   lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
   for row in rows:
@@ -151,9 +133,67 @@ def write_table(
         + " |"
     )
   markdown = "\n".join(lines) + "\n"
-  with gfile.GFile(path_prefix + ".md", "w") as f:
-    f.write(markdown)
+  storage.write_atomic(path_prefix + ".md", markdown)
   return markdown
+
+
+def _record(data: bytes) -> bytes:
+  """One TFRecord: length, its masked CRC-32C, the data, its CRC."""
+  header = struct.pack("<Q", len(data))
+  crc = pywrap_tensorflow.masked_crc32c
+  return (
+      header
+      + struct.pack("<I", crc(header))
+      + data
+      + struct.pack("<I", crc(data))
+  )
+
+
+class EventFile:
+  """TensorBoard scalars in the event-file format, without TensorFlow.
+
+  Records are kept until `take()`: locally they are appended to one
+  event file; on an object store, which cannot append, each flush writes a
+  new event file (TensorBoard reads every event file of a directory).
+  """
+
+  def __init__(self, logdir: str):
+    self._logdir = logdir
+    self._name = (
+        f"events.out.tfevents.{int(time.time())}."
+        f"{socket.gethostname()}.{os.getpid()}"
+    )
+    self._part = 0
+    self._pending: list[bytes] = []
+
+  def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    summary_proto = summary_pb2.Summary(
+        value=[
+            summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+            for k, v in scalars.items()
+        ]
+    )
+    event = event_pb2.Event(
+        wall_time=time.time(), step=step, summary=summary_proto
+    )
+    self._pending.append(_record(event.SerializeToString()))
+
+  def take(self) -> Callable[[], None] | None:
+    """A function writing the records added since the last `take`."""
+    if not self._pending:
+      return None
+    records, self._pending = b"".join(self._pending), []
+    first = self._part == 0
+    local = storage.is_local(self._logdir)
+    name = self._name if local else f"{self._name}.{self._part}"
+    self._part += 1
+    if first or not local:
+      version = event_pb2.Event(
+          wall_time=time.time(), file_version="brain.Event:2"
+      )
+      records = _record(version.SerializeToString()) + records
+    path = storage.join(self._logdir, name)
+    return lambda: storage.append_bytes(path, records)
 
 
 class Reporter:
@@ -168,33 +208,29 @@ class Reporter:
       is_main: bool,
       metrics: Sequence[outputs.Metric] = (),
   ):
-    self._workdir = workdir
     self._is_main = is_main
     self._total = total_steps
-    writers = (
-        [ConsoleWriter(total_steps, console_keys(metrics))] if is_main else []
-    )
-    if is_main:
-      writers.append(metric_writers.SummaryWriter(workdir))
-    self.writer = metric_writers.MultiWriter(writers)
-    self._jsonl = os.path.join(workdir, "metrics.jsonl")
+    self._keys = console_keys(metrics)
+    self._jsonl = storage.join(workdir, "metrics.jsonl")
+    self._rows: list[str] = []
+    self._events = EventFile(workdir)
+    # One writer thread: writes happen in order, off the training thread.
+    self._writer = concurrent.futures.ThreadPoolExecutor(1)
+    self._writes: list[concurrent.futures.Future[None]] = []
     if is_main:
       self._truncate_jsonl(start_step)
     self._last_step = start_step
     self._last_time = time.monotonic()
 
   def _truncate_jsonl(self, start_step: int) -> None:
-    if not gfile.exists(self._jsonl):
+    if not storage.exists(self._jsonl):
       return
-    with gfile.GFile(self._jsonl) as f:
-      rows = [
-          line
-          for line in f
-          if line.strip() and json.loads(line)["step"] <= start_step
-      ]
-    with gfile.GFile(self._jsonl + ".tmp", "w") as f:
-      f.write("".join(rows))
-    gfile.rename(self._jsonl + ".tmp", self._jsonl, overwrite=True)
+    rows = [
+        line + "\n"
+        for line in storage.read_text(self._jsonl).splitlines()
+        if line.strip() and json.loads(line)["step"] <= start_step
+    ]
+    storage.write_atomic(self._jsonl, "".join(rows))
 
   def restart_clock(self, step: int) -> None:
     """Excludes time spent elsewhere (eval, compile) from steps/s."""
@@ -202,7 +238,8 @@ class Reporter:
     self._last_time = time.monotonic()
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
-    """Writes scalars, adding steps/s and ETA when steps have passed."""
+    """Prints and buffers scalars, adding steps/s and ETA when steps have
+    passed."""
     scalars = dict(scalars)
     now = time.monotonic()
     if step > self._last_step and now > self._last_time:
@@ -212,14 +249,35 @@ class Reporter:
       self._last_step, self._last_time = step, now
     if not self._is_main:
       return
-    self.writer.write_scalars(step, scalars)
+    print(progress_line(step, self._total, scalars, self._keys), flush=True)
+    self._events.scalars(step, scalars)
     row = {"step": step}
     row.update(
         {k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}
     )
-    with gfile.GFile(self._jsonl, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    self._rows.append(json.dumps(row) + "\n")
+
+  def flush(self) -> None:
+    """Hands everything buffered to the writer thread."""
+    if not self._is_main:
+      return
+    if self._rows:
+      text, self._rows = "".join(self._rows), []
+      path = self._jsonl
+      self._writes.append(self._writer.submit(storage.append_text, path, text))
+    write_events = self._events.take()
+    if write_events is not None:
+      self._writes.append(self._writer.submit(write_events))
+    done = [w for w in self._writes if w.done()]
+    self._writes = [w for w in self._writes if not w.done()]
+    for w in done:
+      w.result()  # A failed write is reported, not lost silently.
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    """Flushes and waits until everything is written."""
+    self.flush()
+    self._writer.shutdown(wait=True)
+    for w in self._writes:
+      w.result()
+    self._writes = []
+    sys.stdout.flush()

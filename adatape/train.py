@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tensorflow.io import gfile
 
 from adatape import assemble
 from adatape import checkpointing
@@ -39,6 +38,7 @@ from adatape import optim
 from adatape import parallel
 from adatape import preemption as preemption_lib
 from adatape import reporting
+from adatape import storage
 from adatape import run_config
 from adatape import workdir as workdir_lib
 from adatape.models import outputs
@@ -221,7 +221,7 @@ def train_and_evaluate(
     )
   workdir_lib.check(config, workdir)
   is_main = jax.process_index() == 0
-  results_path = os.path.join(workdir, workdir_lib.RESULTS)
+  results_path = storage.join(workdir, workdir_lib.RESULTS)
 
   tx = optim.create(run.optim, sched.total_steps)
   lr_fn = optim.schedule(run.optim, sched.total_steps)
@@ -251,13 +251,13 @@ def train_and_evaluate(
   starting = not workdir_lib.holds_run(workdir)
   init_leaves = load_init() if sched.init_from and starting else {}
 
-  gfile.makedirs(workdir)
+  storage.makedirs(workdir)
   ckpt = checkpointing.Checkpointer(
       os.path.join(workdir, workdir_lib.CHECKPOINTS),
       every_steps=sched.checkpoint_every_steps,
       max_to_keep=sched.max_checkpoints,
   )
-  if ckpt.latest_step() == sched.total_steps and gfile.exists(results_path):
+  if ckpt.latest_step() == sched.total_steps and storage.exists(results_path):
     ckpt.close()
     results = reporting.read_json(results_path)
     print(
@@ -268,7 +268,7 @@ def train_and_evaluate(
     return results
   if is_main:
     reporting.atomic_write_json(
-        os.path.join(workdir, workdir_lib.CONFIG), json.loads(config.to_json())
+        storage.join(workdir, workdir_lib.CONFIG), json.loads(config.to_json())
     )
 
   restored = ckpt.restore_latest(abstract)
@@ -392,6 +392,8 @@ def train_and_evaluate(
         reporter.restart_clock(step)
       if do_save:
         ckpt.save(step, state, meta(step), force=last)
+      if do_eval or do_save:
+        reporter.flush()
     if not eval_metrics:
       # Resumed from the final checkpoint of a run stopped before its
       # results were written: only the final eval is missing.

@@ -11,14 +11,13 @@ checkpoints and logs.
 """
 
 import json
-import os
 from typing import Any
 
 import ml_collections
-from tensorflow.io import gfile
 
 from adatape import reporting
 from adatape import run_config
+from adatape import storage
 
 CONFIG = "config.json"
 RESULTS = "results.json"
@@ -27,13 +26,13 @@ CHECKPOINTS = "checkpoints"
 
 def holds_run(workdir: str) -> bool:
   """Whether `workdir` holds a started run (its config.json)."""
-  return gfile.exists(os.path.join(workdir, CONFIG))
+  return storage.exists(storage.join(workdir, CONFIG))
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to continue a workdir that holds a run of another config."""
-  path = os.path.join(workdir, CONFIG)
-  if not gfile.exists(path):
+  path = storage.join(workdir, CONFIG)
+  if not storage.exists(path):
     return
   saved = reporting.read_json(path)
   current = json.loads(config.to_json())

@@ -21,16 +21,17 @@ Unfinished runs (no results.json) are listed as such and skipped.
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
 
 import jax.numpy as jnp
-from tensorflow.io import gfile
 
 from adatape import analysis
 from adatape import checkpointing
 from adatape import run_config
+from adatape import storage
 from experiments import throughput
 
 COLUMNS = (
@@ -64,12 +65,11 @@ def _variant(config) -> str:
 def row(workdir: str) -> dict | None:
   """One table row, or None for an unfinished run."""
   config, _, params = analysis.read_run(workdir)
-  results_path = os.path.join(workdir, "results.json")
-  if not gfile.exists(results_path):
+  results_path = storage.join(workdir, "results.json")
+  if not storage.exists(results_path):
     print(f"skip {workdir}: not finished (no results.json)")
     return None
-  with gfile.GFile(results_path) as f:
-    results = json.load(f)
+  results = json.loads(storage.read_text(results_path))
   size = config.data.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
   cost = throughput.forward_cost(
@@ -133,11 +133,11 @@ def main():
   args = parser.parse_args()
   workdirs = list(args.workdir)
   if args.root:
-    workdirs += sorted(
-        os.path.join(args.root, d.rstrip("/"))
-        for d in gfile.listdir(args.root)
-        if gfile.exists(os.path.join(args.root, d.rstrip("/"), "config.json"))
-    )
+    workdirs += [
+        storage.join(args.root, d)
+        for d in storage.listdir(args.root)
+        if storage.exists(storage.join(args.root, d, "config.json"))
+    ]
   if not workdirs:
     sys.exit("error: no runs: give --workdir=RUN or --root=DIR")
   rows = []
@@ -151,12 +151,14 @@ def main():
   table = markdown(rows)
   print(table, end="")
   if args.out:
-    with open(args.out, "w") as f:
-      f.write(table)
-    with open(os.path.splitext(args.out)[0] + ".csv", "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=COLUMNS)
-      writer.writeheader()
-      writer.writerows(rows)
+    storage.write_atomic(args.out, table)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_atomic(
+        os.path.splitext(args.out)[0] + ".csv", buffer.getvalue()
+    )
     print(f"wrote {args.out}")
 
 

@@ -1,15 +1,20 @@
 """Preemption: SIGTERM saves and exits cleanly; a damaged checkpoint falls back."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
+from adatape import checkpointing
 from adatape import train
+from adatape.models import encoder
 from configs.parity import adatape as adatape_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,27 +90,149 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(tmp_path):
   _assert_equal(_params(straight, 40), _params(workdir, 40))
 
 
-def test_truncated_latest_checkpoint_falls_back(tmp_path, capfd):
+def _tree_digest(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  result = {}
+  for folder, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        result[os.path.relpath(path, directory)] = f.read()
+  return result
+
+
+def _tiny_config():
   config = adatape_config.get_config("tiny")
   config.mesh.data = 1
-  workdir = tmp_path / "run"
-  train.train_and_evaluate(config, str(workdir))
-  expected = _params(workdir, 6)
+  return config
 
-  # Damage the latest checkpoint: truncate its largest file to half.
-  files = [
-      os.path.join(d, f)
-      for d, _, fs in os.walk(workdir / "checkpoints" / "6" / "state")
-      for f in fs
-  ]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, "r+b") as f:
-    f.truncate(os.path.getsize(largest) // 2)
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A tiny run with checkpoints at steps 2, 4 and 6, trained once."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  train.train_and_evaluate(_tiny_config(), str(workdir))
+  return workdir
+
+
+@pytest.fixture(name="tiny_run")
+def fixture_tiny_run(finished_run, tmp_path):
+  """A copy of `finished_run`, as if killed before writing its results."""
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
   os.remove(workdir / "results.json")
+  return _tiny_config(), workdir
+
+
+def test_truncated_latest_checkpoint_is_moved_aside_not_deleted(
+    tiny_run, capfd
+):
+  config, workdir = tiny_run
+  expected = _params(workdir, 6)
+  # Damage the latest checkpoint: truncate its array data files (OCDBT's
+  # `d/` folders) to half.
+  for folder, _, names in os.walk(workdir / "checkpoints" / "6" / "state"):
+    for name in names if os.path.basename(folder) == "d" else ():
+      path = os.path.join(folder, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  damaged = _tree_digest(workdir / "checkpoints" / "6")
 
   capfd.readouterr()
   train.train_and_evaluate(config, str(workdir))
   captured = capfd.readouterr()
-  assert "checkpoint 6" in captured.err and "falling back" in captured.err
+  assert "checkpoint 6" in captured.err and "damaged" in captured.err
+  assert "OUT_OF_RANGE" in captured.err, captured.err  # The cause, named.
   assert "resumed from step 4" in captured.out
   _assert_equal(expected, _params(workdir, 6))
+  # The damaged one is kept, byte for byte, under checkpoints/damaged/.
+  assert _tree_digest(workdir / "checkpoints" / "damaged" / "6") == damaged
+
+
+def test_unparsable_metadata_is_damage(tiny_run, capfd):
+  config, workdir = tiny_run
+  with open(workdir / "checkpoints" / "6" / "state" / "_METADATA", "w") as f:
+    f.write("{not json")
+  capfd.readouterr()
+  train.train_and_evaluate(config, str(workdir))
+  assert "resumed from step 4" in capfd.readouterr().out
+  assert (workdir / "checkpoints" / "damaged" / "6" / "state").is_dir()
+
+
+class _RenamedHead(nn.Module):
+  """The classifier head of a later code version: its Dense renamed."""
+
+  num_classes: int
+  bias_init: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BxD):
+    return nn.Dense(self.num_classes, name="classifier")(x_BxD)
+
+
+def test_resume_after_a_parameter_rename_keeps_every_checkpoint(
+    tiny_run, monkeypatch
+):
+  config, workdir = tiny_run
+  before = _tree_digest(workdir / "checkpoints")
+  monkeypatch.setattr(encoder, "Head", _RenamedHead)
+  with pytest.raises(checkpointing.CheckpointError) as raised:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(raised.value)
+  assert "\n" not in message
+  assert "checkpoint 6" in message and "does not fit this model" in message
+  assert "head/classifier" in message and "no checkpoint was changed" in message
+  assert _tree_digest(workdir / "checkpoints") == before
+
+
+def test_a_transient_restore_error_stops_with_every_checkpoint_intact(
+    tiny_run, monkeypatch
+):
+  config, workdir = tiny_run
+  before = _tree_digest(workdir / "checkpoints")
+
+  def unavailable(self, step, abstract_state):
+    raise RuntimeError("UNAVAILABLE: connection reset by peer")
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "restore", unavailable)
+  with pytest.raises(checkpointing.CheckpointError, match="UNAVAILABLE"):
+    train.train_and_evaluate(config, str(workdir))
+  assert _tree_digest(workdir / "checkpoints") == before
+
+
+def test_a_rename_on_the_command_line_is_one_line_and_exit_1(tiny_run):
+  _, workdir = tiny_run
+  # The same run, resumed by a model whose parameter tree differs: the
+  # checkpoint's state gains a leaf this model does not have.
+  path = workdir / "checkpoints" / "6" / "state"
+  before = _tree_digest(workdir / "checkpoints")
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-c",
+          "import sys; from adatape.models import encoder, outputs;"
+          "import flax.linen as nn\n"
+          "class H(nn.Module):\n"
+          "  num_classes: int\n"
+          "  bias_init: float = 0.0\n"
+          "  @nn.compact\n"
+          "  def __call__(self, x):\n"
+          "    return nn.Dense(self.num_classes, name='renamed')(x)\n"
+          "encoder.Head = H\n"
+          "from adatape import main; from absl import app;"
+          "sys.argv = sys.argv[:1] + sys.argv[1:];"
+          "app.run(main.main, flags_parser=main._parse_flags)",
+          f"--workdir={workdir}",
+          "--config=configs/parity/adatape.py:tiny",
+          "--config.mesh.data=1",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: checkpoint 6"), lines[-3:]
+  assert "Traceback" not in proc.stderr
+  assert path.is_dir() and _tree_digest(workdir / "checkpoints") == before
