@@ -1,5 +1,6 @@
 # The README's commands. Each creates .venv on first use, with PYTHON
-# (default python3; 3.11, 3.12 and 3.13 are supported).
+# (default python3; 3.11, 3.12 and 3.13 are supported), and installs the
+# package with every extra the tests need (images: TensorFlow and TFDS).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ check-python:
 $(VENV)/.installed: setup.py | check-python
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,images]'
 	touch $@
 
 demo: $(VENV)/.installed

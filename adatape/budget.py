@@ -15,11 +15,12 @@ reported and skipped.
 """
 
 import functools
-import os
 import sys
 
 from absl import app
 from absl import flags
+
+from adatape import storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished or running run.")
 _THRESHOLDS = flags.DEFINE_list("thresholds", [], "Halting thresholds.")
@@ -121,7 +122,7 @@ def write_outputs(rows, workdir):
   from adatape import reporting  # pylint: disable=g-import-not-at-top
 
   keys = list(dict.fromkeys(k for r in rows for k in r))
-  reporting.write_table(rows, os.path.join(workdir, "budget"), keys)
+  reporting.write_table(rows, storage.join(workdir, "budget"), keys)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -145,7 +146,7 @@ def write_outputs(rows, workdir):
   ax.set_xlabel(cost)
   ax.set_ylabel("eval/accuracy")
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "budget.png"), dpi=120)
+  storage.save_figure(fig, storage.join(workdir, "budget.png"), dpi=120)
   plt.close(fig)
   print(f"wrote {workdir}/budget.md, budget.csv, budget.png")
 

@@ -275,7 +275,25 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
         f"no checkpoint at step {step} in {directory}; steps: {steps}"
     )
   state = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(on_one_device(directory, step))
+      ),
   ).state
   manager.close()
   return step, state["params"]
+
+
+def on_one_device(directory: str, step: int) -> Any:
+  """The abstract state of checkpoint `step` in `directory`, placed on
+  this process's first device: a run saved by several hosts (another
+  topology) then restores on one."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(storage.join(directory, str(step), "state"))
+  )
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      getattr(metadata, "tree", metadata),
+      is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+  )

@@ -22,16 +22,22 @@ class Preempted(Exception):
 class Flag:
   """Turns SIGTERM into a flag the training loop checks between steps.
 
-  On one process the signal handler decides. With several processes every
-  host must stop at the same step, so JAX's preemption sync point (through
-  Orbax) decides instead; it is fed by the coordination service, which
-  hears the same preemption notice on every host.
+  On one process a Python signal handler decides. With several processes
+  every host must stop at the same step, so JAX's preemption sync point
+  (through Orbax) decides instead. It is fed by the coordination service,
+  which hears of the signal through the SIGTERM handler that
+  `jax.distributed.initialize()` installs in the runtime; a Python handler
+  would replace that one, and no host would ever learn of the preemption,
+  so none is installed then.
   """
 
   def __init__(self):
     self._signalled = False
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    if (
+        jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()
+    ):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):

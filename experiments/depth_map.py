@@ -12,8 +12,9 @@ writes RUN/depth_map.png and RUN/depth_map.json (the mean per position).
 
 import argparse
 import json
-import os
 import sys
+
+from adatape import storage
 
 
 def token_depths(workdir):
@@ -67,7 +68,7 @@ def plot(depths, config, path, examples):
   fig.colorbar(im, ax=ex_ax)
   fig.suptitle(f"{config.model.name}: layers/steps used per token")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  storage.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -83,16 +84,17 @@ def main():
     depths, config = token_depths(args.workdir)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
-  path = os.path.join(args.workdir, "depth_map.png")
+  path = storage.join(args.workdir, "depth_map.png")
   plot(depths, config, path, args.examples)
-  with open(os.path.join(args.workdir, "depth_map.json"), "w") as f:
-    json.dump(
-        {
-            "mean_depth_per_position": depths.mean(0).tolist(),
-            "mean_depth": float(depths.mean()),
-        },
-        f,
-    )
+  storage.write_atomic(
+      storage.join(args.workdir, "depth_map.json"),
+      json.dumps(
+          {
+              "mean_depth_per_position": depths.mean(0).tolist(),
+              "mean_depth": float(depths.mean()),
+          }
+      ),
+  )
   print(f"wrote {path} (mean depth {depths.mean():.2f})")
 
 

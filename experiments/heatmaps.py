@@ -13,8 +13,9 @@ entry, and the mean number of entries read per example).
 
 import argparse
 import json
-import os
 import sys
+
+from adatape import storage
 
 
 def bank_reads(workdir):
@@ -47,7 +48,7 @@ def plot(mean_M, config, path):
   if on_grid:
     ax.set_ylabel("bank patch row")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  storage.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -63,17 +64,18 @@ def main():
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
   mean = reads.mean(0)
-  path = os.path.join(args.workdir, "tape_heatmap.png")
+  path = storage.join(args.workdir, "tape_heatmap.png")
   plot(mean, config, path)
-  with open(os.path.join(args.workdir, "tape_heatmap.json"), "w") as f:
-    json.dump(
-        {
-            "mean_reads_per_entry": mean.tolist(),
-            "mean_entries_read": float(reads.sum(1).mean()),
-            "examples": len(reads),
-        },
-        f,
-    )
+  storage.write_atomic(
+      storage.join(args.workdir, "tape_heatmap.json"),
+      json.dumps(
+          {
+              "mean_reads_per_entry": mean.tolist(),
+              "mean_entries_read": float(reads.sum(1).mean()),
+              "examples": len(reads),
+          }
+      ),
+  )
   print(
       f"wrote {path} ({float(reads.sum(1).mean()):.2f} entries read per "
       f"example over {len(reads)} eval examples)"

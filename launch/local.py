@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Mapping
 
+from adatape import storage
 from adatape import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +37,8 @@ def command(
 
 
 def finished(workdir: str) -> bool:
-  """Whether the run in `workdir` has written its results."""
-  return os.path.exists(os.path.join(workdir, workdir_lib.RESULTS))
+  """Whether the run in `workdir` (local or not) has written its results."""
+  return storage.exists(storage.join(workdir, workdir_lib.RESULTS))
 
 
 def train(
@@ -47,6 +48,7 @@ def train(
     *,
     log: str | None = None,
     check: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> int:
   """Trains one run to completion (resuming it if it was started).
 
@@ -57,16 +59,23 @@ def train(
     log: a file to append the run's output to (default: this process's
       stdout and stderr).
     check: raise CalledProcessError if the run fails.
+    env: variables to set for the run (e.g. CUDA_VISIBLE_DEVICES).
 
   Returns:
     The run's exit status.
   """
   cmd = command(config, workdir, overrides)
+  full_env = {**os.environ, **env} if env else None
   if log is None:
-    result = subprocess.run(cmd, cwd=REPO, check=check)
+    result = subprocess.run(cmd, cwd=REPO, check=check, env=full_env)
     return result.returncode
   with open(log, "a") as out:
     result = subprocess.run(
-        cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=check
+        cmd,
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        check=check,
+        env=full_env,
     )
   return result.returncode

@@ -79,3 +79,34 @@ def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
   )
   assert result.returncode == 2
   assert "holds no run (no config.json)" in result.stderr
+
+
+def test_budget_reads_and_writes_a_workdir_on_a_bucket(run_dir, monkeypatch):
+  """The in-memory filesystem stands in for gs://: the config is read and
+  budget.md/csv/png written there. (Orbax reads the checkpoint itself, from
+  any URL it supports; here it is redirected to the local copy.)"""
+  from adatape import checkpointing  # pylint: disable=g-import-not-at-top
+  from adatape import storage  # pylint: disable=g-import-not-at-top
+
+  remote = "memory://bucket/budget_run"
+  storage.write_atomic(
+      f"{remote}/config.json",
+      storage.read_text(os.path.join(run_dir, "config.json")),
+  )
+  restore = checkpointing.restore_params
+  monkeypatch.setattr(
+      checkpointing,
+      "restore_params",
+      lambda workdir, step=None: restore(
+          workdir.replace(remote, run_dir), step
+      ),
+  )
+  rows = budget.evaluate_budgets(remote, [2.0, 4.0], [4])
+  budget.write_outputs(rows, remote)
+  names = storage.listdir(remote)
+  assert {"budget.md", "budget.csv", "budget.png"} <= set(names)
+  table = list(
+      csv.DictReader(storage.read_text(f"{remote}/budget.csv").splitlines())
+  )
+  assert [float(r["tape.epsilon"]) for r in table] == [2.0, 4.0]
+  assert not os.path.exists("memory:")  # Nothing written to a local path.

@@ -28,13 +28,32 @@ def available() -> list[str]:
   )
 
 
+# What the image sources need beyond the core install.
+_IMAGE_PACKAGES = ("tensorflow", "tensorflow_datasets", "sklearn")
+
+
+def import_source(name: str) -> Any:
+  """The module of data source `name`; a source whose packages are not
+  installed (the image sources need the `images` extra) is a ConfigError
+  saying what to install."""
+  try:
+    return importlib.import_module(f"adatape.data.{name}")
+  except ModuleNotFoundError as e:
+    if e.name and e.name.split(".")[0] in _IMAGE_PACKAGES:
+      raise run_config.ConfigError(
+          f"data.name={name!r} needs {e.name}, which is not installed: "
+          "pip install -e '.[images]'"
+      ) from None
+    raise
+
+
 def create(
     config: ml_collections.ConfigDict, *, process_index: int, process_count: int
 ) -> Any:
   """Builds the data source named by `config.data.name`."""
   name = config.data.name
   run_config.check_choice("data.name", name, tuple(available()))
-  module = importlib.import_module(f"adatape.data.{name}")
+  module = import_source(name)
   data_config = run_config.to_dataclass(module.Config, config.data, "data")
   return module.Source(
       data_config,
