@@ -9,6 +9,7 @@ the trainer built them, and the parameters of one checkpoint.
 """
 
 import json
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from adatape import checkpointing
+from adatape import elastic
 from adatape import run_config
 from adatape import storage
 from adatape import assemble
@@ -93,6 +95,55 @@ def per_example(
         }
     )
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def eval_inputs(run: assemble.Run, examples: int = 0) -> np.ndarray:
+  """The eval set's inputs (real rows only), the first `examples` of them
+  (0: all), for timing inference on real data."""
+  parts, count = [], 0
+  for batch in run.source.eval_batches(1024):
+    rows = batch["inputs"][batch["mask"] > 0]
+    parts.append(rows)
+    count += len(rows)
+    if examples and count >= examples:
+      break
+  inputs = np.concatenate(parts)
+  return inputs[:examples] if examples else inputs
+
+
+def inference_speed(
+    run: assemble.Run, params: Any, inputs: np.ndarray, repeats: int = 3
+) -> float:
+  """Examples per second of inference over `inputs` (median of `repeats`
+  passes after a warm-up): elastic execution for an AdaTape model with one
+  tape (`adatape/elastic.py`), the jitted forward for any other model."""
+  cfg = run.model.config
+  if getattr(cfg, "tape", None) is not None and len(cfg.tape.layers) == 1:
+    predict = elastic.Predictor(run.model, params)
+
+    def once():
+      return predict(inputs).logits
+
+  else:
+    forward = jax.jit(
+        lambda p, x: run.model.apply(
+            {"params": p},
+            x,
+            train=False,
+            rngs={"halting": jax.random.key(0)},
+        ).logits
+    )
+
+    def once():
+      return jax.block_until_ready(forward(params, inputs))
+
+  once()  # Compiles every shape.
+  times = []
+  for _ in range(repeats):
+    begin = time.perf_counter()
+    once()
+    times.append(time.perf_counter() - begin)
+  return len(inputs) / float(np.median(times))
 
 
 def output_per_example(

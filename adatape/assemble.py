@@ -10,6 +10,7 @@ model and data exactly as training did.
 """
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -21,7 +22,9 @@ from adatape import models
 from adatape import optim
 from adatape import parallel
 from adatape import run_config
+from adatape.models import encoder
 from adatape.models import outputs
+from adatape.tape import config as tape_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Schedule:
       the ACM conversion); the others keep their fresh initialisation,
       except that an image model's position embeddings are resampled to
       its patch grid (`adatape/init_from.py`).
+    profile_steps: (first, last): record a `jax.profiler` trace of steps
+      first..last-1 into WORKDIR/profile (TensorBoard's profile tab);
+      empty: no trace.
   """
 
   seed: int = 0
@@ -56,6 +62,7 @@ class Schedule:
   checkpoint_every_steps: int = 1000
   max_checkpoints: int = 3
   init_from: str = ""
+  profile_steps: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in (
@@ -71,6 +78,16 @@ class Schedule:
       run_config.check(value >= 1, f"{name}={value} must be >= 1")
     run_config.check(self.seed >= 0, f"seed={self.seed} must be >= 0")
     run_config.check_choice("loss", self.loss, losses.LOSSES)
+    if self.profile_steps:
+      run_config.check(
+          len(self.profile_steps) == 2
+          and 0
+          <= self.profile_steps[0]
+          < self.profile_steps[1]
+          <= self.total_steps,
+          f"profile_steps={self.profile_steps} must be (first, last) with "
+          f"0 <= first < last <= total_steps={self.total_steps}",
+      )
 
 
 # The config's sections; every other top-level key belongs to `Schedule`.
@@ -87,6 +104,28 @@ class Run:
   source: data_lib.Source
   model: Any
   metrics: tuple[outputs.Metric, ...]  # The model's, GFLOPs included.
+
+
+def typed_defaults(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The default of every key the typed sections of `config` define,
+  flattened (`{"model.dtype": "float32", ...}`), as JSON would hold them:
+  what a key added to the code after a run started means for that run."""
+  sections = [
+      ("", Schedule),
+      ("optim.", optim.Config),
+      ("mesh.", parallel.Config),
+      ("model.", encoder.EncoderConfig),
+  ]
+  if config.get("model", {}).get("name") in models.available():
+    sections.append(("model.", models.config_class(config.model.name)))
+  if "tape" in config:
+    sections.append(("tape.", tape_config.TapeConfig))
+  result = {}
+  for prefix, cls in sections:
+    for field in dataclasses.fields(cls):
+      if field.default is not dataclasses.MISSING:
+        result[prefix + field.name] = json.loads(json.dumps(field.default))
+  return result
 
 
 def prepare(config: ml_collections.ConfigDict) -> Run:

@@ -5,7 +5,11 @@ r"""Turn the budget knob of a trained run at inference.
 
 Evaluates one checkpoint of RUN at every (halting threshold, maximum tape
 length) pair and writes RUN/budget.{md,csv,png}: eval accuracy against
-compute (mean tape length and the encoder's effective sequence length).
+compute: the model's own measure (mean tape length), analytic GFLOPs per
+example, and measured inference speed (examples/s of elastic execution,
+`adatape/elastic.py`, over the first --speed_examples eval examples; a
+plain jitted forward for other models), plus the effective sequence length
+(main tokens plus the mean tape).
 For AdaTape the threshold is `tape.epsilon` and the maximum length
 `tape.num_tokens`; no parameter depends on either, so one set of weights
 serves every point. For ACT models (Universal Transformer) the threshold is
@@ -28,6 +32,12 @@ _MAX_TOKENS = flags.DEFINE_list(
     "max_tokens", [], "Maximum tape lengths (AdaTape; default: the run's)."
 )
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_SPEED_EXAMPLES = flags.DEFINE_integer(
+    "speed_examples",
+    2048,
+    "Eval examples timed at each point (elastic inference for AdaTape); "
+    "0: no timing.",
+)
 
 
 def _fail(message: str) -> None:
@@ -56,8 +66,12 @@ def budget_points(config, thresholds, max_tokens):
   return points
 
 
-def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
-  """Evaluates every point; returns rows of metrics."""
+def evaluate_budgets(
+    workdir, thresholds, max_tokens, step=None, speed_examples=2048
+):
+  """Evaluates every point; returns rows of metrics, with the measured
+  inference speed on the first `speed_examples` eval examples (elastic
+  execution for AdaTape; 0: not measured)."""
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
@@ -98,18 +112,27 @@ def evaluate_budgets(workdir, thresholds, max_tokens, step=None):
         run.schedule.eval_batch_size // jax.process_count(),
     )
     row = {"model": config.model.name, "step": step, **overrides, **metrics}
-    main_tokens = (
-        1
-        if config.model.get("stem") == "flatten"
-        else (run.source.input_shape[0])
-    )
     if "eval/tape_length" in metrics:
-      row["effective_length"] = main_tokens + metrics["eval/tape_length"]
+      # Main tokens (196 patches at S/16 and 224 px, 1 on parity) plus the
+      # mean tape: what the blocks after the tape attend over.
+      row["effective_length"] = (
+          run.model.config.main_tokens() + metrics["eval/tape_length"]
+      )
+    if speed_examples:
+      row["examples_per_s"] = analysis.inference_speed(
+          run, params, analysis.eval_inputs(run, speed_examples)
+      )
     rows.append(row)
     cost = [m for m in run.metrics if m.label]
     print(
         f"{label}: accuracy {metrics['eval/accuracy']:.4f}"
-        + "".join(f", {m.label} {metrics[f'eval/{m.name}']:.2f}" for m in cost),
+        + "".join(f", {m.label} {metrics[f'eval/{m.name}']:.2f}" for m in cost)
+        + f", {metrics['eval/gflops'] * 1e3:.4g} MFLOPs"
+        + (
+            f", {row['examples_per_s']:.0f} ex/s"
+            if "examples_per_s" in row
+            else ""
+        ),
         flush=True,
     )
   return rows
@@ -131,20 +154,31 @@ def write_outputs(rows, workdir):
   from adatape import models  # pylint: disable=g-import-not-at-top
 
   cost = f"eval/{models.cost_metric(rows[0]['model']).name}"
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot([r[cost] for r in rows], [r["eval/accuracy"] for r in rows], "o-")
-  for r in rows:
-    ax.annotate(
-        ",".join(
-            f"{v}"
-            for k, v in r.items()
-            if k in ("tape.epsilon", "tape.num_tokens", "model.act_epsilon")
-        ),
-        (r[cost], r["eval/accuracy"]),
-        fontsize=7,
+  axes_keys = [cost, "eval/gflops"]
+  if all("examples_per_s" in r for r in rows):
+    axes_keys.append("examples_per_s")
+  fig, axes = plt.subplots(
+      1, len(axes_keys), figsize=(4.5 * len(axes_keys), 3.5), squeeze=False
+  )
+  for ax, key in zip(axes[0], axes_keys):
+    ax.plot([r[key] for r in rows], [r["eval/accuracy"] for r in rows], "o-")
+    for r in rows:
+      ax.annotate(
+          ",".join(
+              f"{v}"
+              for k, v in r.items()
+              if k in ("tape.epsilon", "tape.num_tokens", "model.act_epsilon")
+          ),
+          (r[key], r["eval/accuracy"]),
+          fontsize=7,
+      )
+    ax.set_xlabel(
+        {
+            "eval/gflops": "analytic GFLOPs per example",
+            "examples_per_s": "measured inference examples/s (elastic)",
+        }.get(key, key)
     )
-  ax.set_xlabel(cost)
-  ax.set_ylabel("eval/accuracy")
+    ax.set_ylabel("eval/accuracy")
   fig.tight_layout()
   storage.save_figure(fig, storage.join(workdir, "budget.png"), dpi=120)
   plt.close(fig)
@@ -160,7 +194,13 @@ def main(argv):
     max_tokens = [int(t) for t in _MAX_TOKENS.value]
   except ValueError as e:
     _fail(f"--thresholds/--max_tokens: {e}")
-  rows = evaluate_budgets(_WORKDIR.value, thresholds, max_tokens, _STEP.value)
+  rows = evaluate_budgets(
+      _WORKDIR.value,
+      thresholds,
+      max_tokens,
+      _STEP.value,
+      _SPEED_EXAMPLES.value,
+  )
   write_outputs(rows, _WORKDIR.value)
 
 

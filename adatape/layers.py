@@ -8,9 +8,14 @@ pools a stream over its valid positions (the query of the tape reader, and
 the `gap` classifier).
 """
 
+import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from adatape import run_config
 
 # The official ViT's initialisers: Xavier-uniform kernels, near-zero
 # biases (so that no unit starts dead or saturated).
@@ -19,18 +24,20 @@ BIAS_INIT = nn.initializers.normal(stddev=1e-6)
 
 
 class Mlp(nn.Module):
-  """Dense -> GELU -> Dropout -> Dense -> Dropout."""
+  """Dense -> GELU -> Dropout -> Dense -> Dropout, computed in `dtype`."""
 
   hidden: int
   dropout: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    width = x.shape[-1]
-    y = nn.Dense(self.hidden, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x)
-    y = nn.gelu(y)
+    dense = functools.partial(
+        nn.Dense, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, dtype=self.dtype
+    )
+    y = nn.gelu(dense(self.hidden)(x))
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = nn.Dense(width, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(y)
+    y = dense(x.shape[-1])(y)
     return nn.Dropout(self.dropout)(y, deterministic=not train)
 
 
@@ -39,16 +46,16 @@ class GluMlp(nn.Module):
 
   hidden: int
   dropout: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    width = x.shape[-1]
-    y = nn.Dense(2 * self.hidden, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(
-        x
+    dense = functools.partial(
+        nn.Dense, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, dtype=self.dtype
     )
-    y = nn.glu(y, axis=-1)
+    y = nn.glu(dense(2 * self.hidden)(x), axis=-1)
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = nn.Dense(width, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(y)
+    y = dense(x.shape[-1])(y)
     return nn.Dropout(self.dropout)(y, deterministic=not train)
 
 
@@ -64,3 +71,79 @@ def masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
   total_BxD = jnp.einsum("bl,bld->bd", weights_BxL, x_BxLxD)
   count_Bx1 = jnp.maximum(weights_BxL.sum(axis=1, keepdims=True), 1.0)
   return total_BxD / count_Bx1
+
+
+# The computation dtypes a model may use (`model.dtype`).
+DTYPES = ("float32", "bfloat16")
+# Implementations of `jax.nn.dot_product_attention` (`model.attention`):
+# `auto` takes cuDNN's fused kernel on a GPU in bfloat16, XLA elsewhere.
+ATTENTION = ("auto", "xla", "cudnn")
+
+
+def _platform() -> str:
+  return jax.devices()[0].platform
+
+
+def check_attention(attention: str, dtype: str) -> None:
+  """Rejects an unknown implementation, or cuDNN where it cannot run."""
+  run_config.check_choice("model.attention", attention, ATTENTION)
+  if attention == "cudnn":
+    run_config.check(
+        _platform() == "gpu" and dtype == "bfloat16",
+        "model.attention='cudnn' needs a GPU and model.dtype='bfloat16' "
+        f"(here: {_platform()}, {dtype}); choose one of 'auto', 'xla'",
+    )
+
+
+def attention_implementation(attention: str, dtype: Any) -> str:
+  """The `jax.nn.dot_product_attention` implementation `attention` means."""
+  if attention != "auto":
+    return attention
+  fused = _platform() == "gpu" and jnp.dtype(dtype) == jnp.bfloat16
+  return "cudnn" if fused else "xla"
+
+
+def attention_fn(attention: str, dtype: Any):
+  """An `attention_fn` for `nn.MultiHeadDotProductAttention`.
+
+  Scores, softmax and the weighted sum go through
+  `jax.nn.dot_product_attention`, so a GPU runs cuDNN's fused kernel and
+  never holds the [B, heads, L, L] scores in memory. The key-padding mask
+  (unread tape slots, halted tokens) is passed as is. Attention dropout is
+  not part of that function: with `attention_dropout` > 0 in training,
+  Flax's own unfused attention runs instead.
+  """
+  implementation = attention_implementation(attention, dtype)
+
+  def attend(
+      query,
+      key,
+      value,
+      mask=None,
+      dropout_rng=None,
+      dropout_rate=0.0,
+      broadcast_dropout=True,
+      deterministic=True,
+      dtype=None,
+      precision=None,
+  ):
+    if dropout_rate > 0.0 and not deterministic:
+      return nn.dot_product_attention(
+          query,
+          key,
+          value,
+          mask=mask,
+          dropout_rng=dropout_rng,
+          dropout_rate=dropout_rate,
+          broadcast_dropout=broadcast_dropout,
+          deterministic=deterministic,
+          dtype=dtype,
+          precision=precision,
+      )
+    if mask is not None:
+      mask = jnp.asarray(mask, bool)
+    return jax.nn.dot_product_attention(
+        query, key, value, mask=mask, implementation=implementation
+    )
+
+  return attend

@@ -1,7 +1,7 @@
 r"""Command line: train any config, resuming from the workdir.
 
   python -m adatape.main --config=configs/parity/adatape.py[:ARGS] \
-      --workdir=DIR [--config.KEY=VALUE ...]
+      --workdir=DIR [--config.KEY=VALUE ...] [--compilation_cache=DIR]
 
 Bad input (missing config file, unknown key, wrong type, impossible value)
 ends with one line on stderr naming the problem and exit status 2, before
@@ -29,6 +29,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, logs and results."
+)
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.environ.get("ADATAPE_COMPILATION_CACHE", ""),
+    "A folder (local or gs://) for JAX's persistent compilation cache: a "
+    "repeated run or sweep point loads its compiled steps instead of "
+    "compiling them again. Default: $ADATAPE_COMPILATION_CACHE, else off.",
 )
 
 
@@ -95,6 +102,10 @@ def main(argv: list[str]) -> None:
           process_id=int(os.environ["ADATAPE_PROCESS_ID"]),
       )
     jax.distributed.initialize(**explicit)
+  if _COMPILATION_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
+    # Cache every compilation of a second or more (the train and eval steps).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value
   try:

@@ -19,6 +19,7 @@ from adatape import run_config
 SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("all", "kernels")
 OPTIMIZERS = ("adamw", "sgd")
+MU_DTYPES = ("", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Config:
     trainable: if set, a regular expression; only parameters whose path
       ("encoderblock_0/acm/gate/Dense_0/kernel") it matches are updated, the
       others stay fixed (no update, no weight decay). Empty: all.
+    mu_dtype: the dtype of Adam's first moment: "" (that of the
+      parameters, float32) or "bfloat16" (half its memory, as big_vision
+      allows); the second moment stays float32.
   """
 
   name: str = "adamw"
@@ -54,6 +58,7 @@ class Config:
   clip_norm: float = 1.0
   decay_mask: str = "all"
   trainable: str = ""
+  mu_dtype: str = ""
 
   def __post_init__(self):
     check = run_config.check
@@ -68,6 +73,7 @@ class Config:
     run_config.check_choice("optim.name", self.name, OPTIMIZERS)
     run_config.check_choice("optim.schedule", self.schedule, SCHEDULES)
     run_config.check_choice("optim.decay_mask", self.decay_mask, DECAY_MASKS)
+    run_config.check_choice("optim.mu_dtype", self.mu_dtype, MU_DTYPES)
     check(
         self.weight_decay >= 0,
         f"optim.weight_decay={self.weight_decay} must be >= 0",
@@ -134,6 +140,7 @@ def create(config: Config, total_steps: int) -> optax.GradientTransformation:
         b2=config.b2,
         weight_decay=config.weight_decay,
         mask=mask,
+        mu_dtype=config.mu_dtype or None,
     )
   if config.clip_norm:
     adamw = optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)

@@ -32,11 +32,13 @@ import optax
 
 from adatape import assemble
 from adatape import checkpointing
+from adatape import data as data_lib
 from adatape import init_from
 from adatape import losses
 from adatape import optim
 from adatape import parallel
 from adatape import preemption as preemption_lib
+from adatape import profiling
 from adatape import reporting
 from adatape import storage
 from adatape import run_config
@@ -219,7 +221,7 @@ def train_and_evaluate(
         f"{key}={value} must be divisible by the data axis of the mesh "
         f"({mesh.shape['data']})",
     )
-  workdir_lib.check(config, workdir)
+  workdir_lib.check(config, workdir, assemble.typed_defaults(config))
   is_main = jax.process_index() == 0
   results_path = storage.join(workdir, workdir_lib.RESULTS)
 
@@ -344,6 +346,14 @@ def train_and_evaluate(
     """Host-side position saved with the state (batches are f(step))."""
     return {"step": step, "data_position": step, "train_time_s": elapsed()}
 
+  batches = data_lib.prefetch(
+      lambda s: parallel.global_batch(
+          run.source.train_batch(s, local_batch), mesh
+      ),
+      start_step,
+      sched.total_steps,
+  )
+  trace = profiling.StepTrace(workdir, sched.profile_steps, is_main)
   try:
     while step < sched.total_steps:
       if preemption.requested(ckpt, step):
@@ -355,10 +365,9 @@ def train_and_evaluate(
             f"preempted at step {step}; checkpoint saved in {workdir}/"
             "checkpoints; run the same command again to resume"
         )
-      batch = parallel.global_batch(
-          run.source.train_batch(step, local_batch), mesh
-      )
-      state, metrics = jit_train(state, batch)
+      trace.before(step)
+      state, metrics = jit_train(state, next(batches))
+      trace.after(step, state)
       step += 1
       last = step == sched.total_steps
       do_log = step % sched.log_every_steps == 0 or last
@@ -401,6 +410,8 @@ def train_and_evaluate(
           jit_eval, state.params, run.source, mesh, local_eval_batch
       )
   finally:
+    trace.stop()
+    batches.close()
     preemption.restore()
     ckpt.close()
     reporter.close()

@@ -11,7 +11,7 @@ checkpoints and logs.
 """
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -29,19 +29,49 @@ def holds_run(workdir: str) -> bool:
   return storage.exists(storage.join(workdir, CONFIG))
 
 
-def check(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to continue a workdir that holds a run of another config."""
+def check(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+  """Refuses to continue a workdir that holds a run of another config.
+
+  A key the saved config lacks but `config` holds at its default (from
+  `defaults`, flattened: a key added to the code since the run started,
+  e.g. `model.dtype`) is no difference: the run goes on as it was.
+  """
   path = storage.join(workdir, CONFIG)
   if not storage.exists(path):
     return
   saved = reporting.read_json(path)
   current = json.loads(config.to_json())
-  if saved != current:
-    differing = sorted(_flat_diff(saved, current))
+  defaults = defaults or {}
+  differing = sorted(
+      key
+      for key in _flat_diff(saved, current)
+      if not (
+          _lookup(saved, key) is _ABSENT
+          and key in defaults
+          and _lookup(current, key) == defaults[key]
+      )
+  )
+  if differing:
     raise run_config.ConfigError(
         f"workdir {workdir} holds a run with a different config "
         f"({', '.join(differing[:5])} differ); use a new --workdir"
     )
+
+
+_ABSENT = object()
+
+
+def _lookup(tree: Any, key: str) -> Any:
+  """`tree["a"]["b"]` for key "a.b", or _ABSENT."""
+  for part in key.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return _ABSENT
+    tree = tree[part]
+  return tree
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:

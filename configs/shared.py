@@ -21,6 +21,8 @@ def run(total_steps: int, loss: str) -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.max_checkpoints = 3
+  # (first, last): a profiler trace of those steps into WORKDIR/profile.
+  c.profile_steps = ()
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3
@@ -32,6 +34,8 @@ def run(total_steps: int, loss: str) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.clip_norm = 1.0
   c.optim.decay_mask = "all"
+  # "bfloat16" halves the memory of Adam's first moment.
+  c.optim.mu_dtype = ""
 
   c.mesh = ml_collections.ConfigDict()
   # Data parallel over every device; see adatape/parallel.py for fsdp and
@@ -45,16 +49,25 @@ def run(total_steps: int, loss: str) -> ml_collections.ConfigDict:
 def encoder(
     name: str, width: int, depth: int, num_heads: int, mlp_dim: int, **extra
 ) -> ml_collections.ConfigDict:
-  """A `model` section: the encoder size plus model-specific keys."""
+  """A `model` section: the encoder size plus model-specific keys.
+
+  Every model computes in float32 by default (the synthetic tasks and the
+  CPU digits check); the image recipes set `dtype="bfloat16"`.
+  `attention="auto"` takes cuDNN's fused kernel on a GPU in bfloat16.
+  """
   return ml_collections.ConfigDict(
       dict(
-          name=name,
-          width=width,
-          depth=depth,
-          num_heads=num_heads,
-          mlp_dim=mlp_dim,
-          dropout=0.0,
-          attention_dropout=0.0,
+          dict(
+              name=name,
+              width=width,
+              depth=depth,
+              num_heads=num_heads,
+              mlp_dim=mlp_dim,
+              dropout=0.0,
+              attention_dropout=0.0,
+              dtype="float32",
+              attention="auto",
+          ),
           **extra,
       )
   )

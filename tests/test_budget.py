@@ -38,6 +38,9 @@ def test_budget_points_follow_the_threshold(run_dir, capsys):
   assert "skip (tape.epsilon=1.0, tape.num_tokens=4)" in out
   for r in rows:
     assert r["eval/examples"] == 40
+    # One main token (the flattened sequence) plus the mean tape.
+    assert r["effective_length"] == 1 + r["eval/tape_length"]
+    assert r["examples_per_s"] > 0 and r["eval/gflops"] > 0
 
 
 def test_cli_writes_table_csv_and_plot(run_dir):
@@ -101,7 +104,7 @@ def test_budget_reads_and_writes_a_workdir_on_a_bucket(run_dir, monkeypatch):
           workdir.replace(remote, run_dir), step
       ),
   )
-  rows = budget.evaluate_budgets(remote, [2.0, 4.0], [4])
+  rows = budget.evaluate_budgets(remote, [2.0, 4.0], [4], speed_examples=0)
   budget.write_outputs(rows, remote)
   names = storage.listdir(remote)
   assert {"budget.md", "budget.csv", "budget.png"} <= set(names)

@@ -127,3 +127,34 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path):
       jax.tree.leaves(_params(killed, 60)),
   ):
     np.testing.assert_array_equal(a, b)
+
+
+def test_profile_steps_and_the_compilation_cache(tmp_path):
+  """A trace of the chosen steps lands in WORKDIR/profile (TensorBoard's
+  profile tab reads the .xplane.pb), and --compilation_cache fills its
+  folder, which a repeated run then reads."""
+  workdir, cache = tmp_path / "run", tmp_path / "cache"
+  proc = _main(
+      f"--config={CONFIG}:tiny",
+      "--config.mesh.data=1",
+      "--config.profile_steps=(2, 4)",
+      f"--compilation_cache={cache}",
+      workdir=workdir,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "profile of steps 2..3" in proc.stdout
+  traces = [
+      name
+      for _, _, names in os.walk(workdir / "profile")
+      for name in names
+      if name.endswith(".xplane.pb")
+  ]
+  assert traces
+  assert os.listdir(cache)
+  bad = _main(
+      f"--config={CONFIG}:tiny",
+      "--config.profile_steps=(4, 9)",
+      workdir=tmp_path / "bad",
+  )
+  assert bad.returncode == 2
+  assert "profile_steps=(4, 9) must be (first, last)" in bad.stderr

@@ -480,13 +480,19 @@ def test_adatape_flops_grow_with_tape_length():
   assert len(np.unique(lengths)) > 1
   order = np.argsort(lengths)
   assert np.all(np.diff(np.asarray(out.flops_B)[order]) >= 0)
-  # One main token: block 0 sees 1 token, block 1 sees 1 + tape tokens.
-  t = lengths[0]
-  expected = (
-      flops.block(16, 32, 1)
-      + flops.block(16, 32, 1 + t)
-      + flops.dense(16, 16, t)
-  )
+  # By hand (a multiply-add is 2 FLOPs; D = 16, F = 32, M = 16 bank
+  # entries of 3 features, key width D / key_split = 8, K = T / eps = 4):
+  t = int(lengths[0])
+  bank = 2 * 3 * 16 * 16  # one Dense per sequence element
+  # Each reading step emits one token: scores of the 16 entries at the key
+  # width, then the merge of K = 4 candidates' values (16) and keys (8).
+  read = t * (2 * 8 * 16 + 2 * 4 * (16 + 8))
+
+  # One main token: block 0 sees 1 token, block 1 sees 1 + t tokens.
+  def block(n):
+    return n * (8 * 16**2 + 4 * 16 * 32) + 4 * n * n * 16
+
+  expected = bank + read + block(1) + block(1 + t)
   np.testing.assert_allclose(out.flops_B[0], expected, rtol=1e-6)
 
 

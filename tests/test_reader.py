@@ -223,3 +223,30 @@ def test_bank_too_small_is_rejected():
   cfg = tape.TapeConfig(num_tokens=16, epsilon=2.0)
   with pytest.raises(run_config.ConfigError, match="consumes up to 128"):
     cfg.check_bank(16, 64, "test bank")
+
+
+@pytest.mark.parametrize("tokens_per_step", [1, 2])
+def test_early_exit_reads_the_same_tape(tokens_per_step):
+  """The inference loop stops once every example has halted; its tape is
+  the full scan's, and it stops at the longest tape of the batch."""
+  cfg = tape.TapeConfig(
+      num_tokens=8, tokens_per_step=tokens_per_step, epsilon=2.0, key_split=1
+  )
+  rng = np.random.default_rng(3)
+  query = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+  bank = jnp.asarray(rng.normal(size=(6, 40, 16)) * 6, jnp.float32)
+  full = jax.jit(lambda q, b: tape.read_tape(q, b, cfg))(query, bank)
+  early = jax.jit(lambda q, b: tape.read_tape(q, b, cfg, exit_early=True))(
+      query, bank
+  )
+  for name in ("tokens_BxTxD", "mask_BxT", "length_B"):
+    np.testing.assert_array_equal(getattr(early, name), getattr(full, name))
+  # The loss sums the same terms; XLA may order the sum differently.
+  np.testing.assert_allclose(early.loss_B, full.loss_B, rtol=1e-6)
+  steps_run = int(full.length_B.max()) // tokens_per_step
+  assert steps_run < cfg.num_steps  # Some steps were skipped...
+  np.testing.assert_array_equal(
+      early.indices_BxSxK[:, :steps_run], full.indices_BxSxK[:, :steps_run]
+  )
+  # ...and reported as such.
+  assert np.all(np.asarray(early.weights_BxSxK[:, steps_run:]) == 0)

@@ -119,8 +119,14 @@ class _Interrupt(Exception):
 
 
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
+  # In bfloat16 with a bfloat16 first moment (the float32 path resumes
+  # exactly in test_main's SIGKILL test): parameters and checkpoints stay
+  # float32 and the resumed run is bit-identical.
+  mixed = {"model.dtype": "bfloat16", "optim.mu_dtype": "bfloat16"}
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(_tiny(), straight)
+  train.train_and_evaluate(_tiny(**mixed), straight)
+  for leaf in jax.tree.leaves(_final_params(straight, 6)):
+    assert leaf.dtype == np.float32
 
   resumed = str(tmp_path / "resumed")
   original = parity.Source.train_batch
@@ -132,10 +138,10 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
 
   monkeypatch.setattr(parity.Source, "train_batch", fail_at_step_5)
   with pytest.raises(_Interrupt):
-    train.train_and_evaluate(_tiny(), resumed)
+    train.train_and_evaluate(_tiny(**mixed), resumed)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2", "4"]
   monkeypatch.setattr(parity.Source, "train_batch", original)
-  train.train_and_evaluate(_tiny(), resumed)
+  train.train_and_evaluate(_tiny(**mixed), resumed)
 
   _assert_trees_equal(_final_params(straight, 6), _final_params(resumed, 6))
   assert _losses(straight) == _losses(resumed)
@@ -279,3 +285,23 @@ def test_losses_take_class_indices_multi_hot_and_soft_targets():
   np.testing.assert_array_equal(
       losses.top1_correct(logits, labels), top == labels
   )
+
+
+def test_a_key_added_since_the_run_started_at_its_default_is_no_difference(
+    tmp_path,
+):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny(), workdir)
+  # As written by code from before `model.dtype` and `optim.mu_dtype`.
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["model"]["dtype"], saved["optim"]["mu_dtype"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  assert train.train_and_evaluate(_tiny(), workdir)["steps"] == 6
+  # At another value it is a difference.
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(run_config.ConfigError, match="model.dtype"):
+    train.train_and_evaluate(_tiny(**{"model.dtype": "bfloat16"}), workdir)

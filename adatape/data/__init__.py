@@ -7,9 +7,11 @@ a `Source(config, *, seed, process_index, process_count)`, a subclass of
 """
 
 import abc
+import collections
+import concurrent.futures
 import importlib
 import pkgutil
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ml_collections
 import numpy as np
@@ -61,6 +63,31 @@ def create(
       process_index=process_index,
       process_count=process_count,
   )
+
+
+def prefetch(
+    produce: Callable[[int], Any], start: int, stop: int, depth: int = 2
+) -> Iterator[Any]:
+  """`produce(step)` for step = start, ..., stop - 1, computed up to
+  `depth` steps ahead on a background thread.
+
+  The trainer's batches (host-side generation or decoding, then the copy to
+  the devices) are made while the devices run earlier steps, including
+  while the loop waits on a logged metric. Close the generator to stop.
+  """
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  pending = collections.deque()
+  step = start
+  try:
+    while step < stop or pending:
+      while step < stop and len(pending) < depth:
+        pending.append(pool.submit(produce, step))
+        step += 1
+      yield pending.popleft().result()
+  finally:
+    for future in pending:
+      future.cancel()
+    pool.shutdown(wait=True)
 
 
 def process_slice(

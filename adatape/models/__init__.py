@@ -44,6 +44,12 @@ def available() -> tuple[str, ...]:
   )
 
 
+def config_class(name: str) -> type:
+  """The typed `Config` dataclass of model `name`."""
+  run_config.check_choice("model.name", name, available())
+  return _module(name).Config
+
+
 def metrics(name: str) -> tuple[outputs.Metric, ...]:
   """The per-example metrics model `name` reports, GFLOPs included."""
   run_config.check_choice("model.name", name, available())

@@ -129,13 +129,17 @@ class Learners(nn.Module):
     b1 = self.param("b1", nn.initializers.zeros, (k, hid))
     w2 = self.param("w2", init, (k * hid, d)).reshape(k, hid, d)
     bias = self.param("bias", nn.initializers.zeros, (d,))
-    a = nn.gelu(jnp.einsum("bld,dkh->blkh", z_BxLxD, w1) + b1)
-    s_BxLxKxD = jnp.einsum("blkh,khd->blkd", a, w2)
+    dtype = z_BxLxD.dtype  # The model's computation dtype.
+    a = nn.gelu(
+        jnp.einsum("bld,dkh->blkh", z_BxLxD, w1.astype(dtype))
+        + b1.astype(dtype)
+    )
+    s_BxLxKxD = jnp.einsum("blkh,khd->blkd", a, w2.astype(dtype))
     total = jnp.cumsum(s_BxLxKxD, axis=2)
     if self.detach == "detach":
       total = jax.lax.stop_gradient(total - s_BxLxKxD) + s_BxLxKxD
     zero = jnp.zeros_like(total[:, :, :1])
-    return jnp.concatenate([zero, total + bias], axis=2)
+    return jnp.concatenate([zero, total + bias.astype(dtype)], axis=2)
 
 
 class Gate(nn.Module):
@@ -166,7 +170,7 @@ class AcmBlock(nn.Module):
     x_BxLxD = x_BxLxD + encoder.attention_sublayer(
         enc, x_BxLxD, mask_BxL, train
     )
-    z = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
+    z = nn.LayerNorm(dtype=enc.compute_dtype, name="norm_mlp")(x_BxLxD)
     h_BxLxKxD = Learners(
         cfg.num_learners,
         enc.mlp_dim // cfg.num_learners,
@@ -196,7 +200,9 @@ class AcmBlock(nn.Module):
       )
       stats["choice"] = g_BxLxK
     else:
-      y = layers.Mlp(enc.mlp_dim, enc.dropout, name="mlp")(z, train=train)
+      y = layers.Mlp(enc.mlp_dim, enc.dropout, enc.compute_dtype, name="mlp")(
+          z, train=train
+      )
       target = jax.lax.stop_gradient(y)
       if cfg.stage == "distill":
         stats["loss"] = jnp.mean(

@@ -99,7 +99,7 @@ class Model(nn.Module):
     valid = valid_BxL.astype(jnp.float32)
     # Padding starts halted, so it never runs and never serves as a key.
     act = halting.init(x.shape[:2])._replace(halting=1.0 - valid)
-    out_BxLxD = jnp.zeros_like(x)
+    out_BxLxD = jnp.zeros(x.shape, jnp.float32)  # Accumulated in float32.
     weights, flops_B = [], jnp.zeros(x.shape[:1], jnp.float32)
     for layer in range(enc.depth):
       active_BxL = halting.running(act)
@@ -117,7 +117,7 @@ class Model(nn.Module):
           act, score, epsilon=cfg.act_epsilon, is_last=layer == enc.depth - 1
       )
       out_BxLxD = halting.accumulate(
-          out_BxLxD, x, weight_BxL[..., None], "accumulated"
+          out_BxLxD, x.astype(jnp.float32), weight_BxL[..., None], "accumulated"
       )
       weights.append(weight_BxL)
       self.sow("intermediates", "halting_weights", weight_BxL)

@@ -30,6 +30,11 @@ class EncoderConfig:
     mlp_dim: hidden size of the GELU MLP.
     dropout: dropout after attention and in the MLP.
     attention_dropout: dropout on attention weights.
+    dtype: the computation dtype of every layer ("float32" or "bfloat16");
+      parameters stay float32, and tape reading, halting and the loss
+      compute in float32 whatever this is.
+    attention: "auto", "xla" or "cudnn" (`layers.ATTENTION`): the
+      implementation of `jax.nn.dot_product_attention`.
   """
 
   width: int = 64
@@ -38,6 +43,8 @@ class EncoderConfig:
   mlp_dim: int = 256
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  dtype: str = "float32"
+  attention: str = "auto"
 
   def __post_init__(self):
     check = run_config.check
@@ -52,6 +59,12 @@ class EncoderConfig:
     for name in ("dropout", "attention_dropout"):
       value = getattr(self, name)
       check(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
+    run_config.check_choice("model.dtype", self.dtype, layers.DTYPES)
+    layers.check_attention(self.attention, self.dtype)
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
 
 
 def attention_mask(mask_BxL: jax.Array) -> jax.Array:
@@ -69,12 +82,14 @@ def attention_sublayer(
   block (plain, ACM, Hyper-UT) has the same parameter paths and a model can
   start from another's checkpoint.
   """
-  y = nn.LayerNorm(name="norm_attention")(x_BxLxD)
+  y = nn.LayerNorm(dtype=cfg.compute_dtype, name="norm_attention")(x_BxLxD)
   y = nn.MultiHeadDotProductAttention(
       num_heads=cfg.num_heads,
       kernel_init=layers.KERNEL_INIT,
       dropout_rate=cfg.attention_dropout,
       deterministic=not train,
+      dtype=cfg.compute_dtype,
+      attention_fn=layers.attention_fn(cfg.attention, cfg.compute_dtype),
       name="attention",
   )(y, y, mask=attention_mask(mask_BxL))
   return nn.Dropout(cfg.dropout)(y, deterministic=not train)
@@ -103,18 +118,21 @@ class EncoderBlock(nn.Module):
   ) -> jax.Array:
     cfg = self.config
     x_BxLxD = x_BxLxD + attention_sublayer(cfg, x_BxLxD, mask_BxL, train)
-    y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
+    dtype = cfg.compute_dtype
+    y = nn.LayerNorm(dtype=dtype, name="norm_mlp")(x_BxLxD)
     has_tape = x_BxLxD.shape[1] > num_main
     if self.tape_mlp_dim and has_tape:
-      main = layers.Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(
+      main = layers.Mlp(cfg.mlp_dim, cfg.dropout, dtype, name="mlp")(
           y[:, :num_main], train=train
       )
       tape = layers.GluMlp(
-          self.tape_mlp_dim, self.tape_dropout, name="tape_mlp"
+          self.tape_mlp_dim, self.tape_dropout, dtype, name="tape_mlp"
       )(y[:, num_main:], train=train)
       y = jnp.concatenate([main, tape], axis=1)
     else:
-      y = layers.Mlp(cfg.mlp_dim, cfg.dropout, name="mlp")(y, train=train)
+      y = layers.Mlp(cfg.mlp_dim, cfg.dropout, dtype, name="mlp")(
+          y, train=train
+      )
     return x_BxLxD + y
 
 
@@ -126,13 +144,18 @@ def pool(x_BxLxD: jax.Array, mask_BxL: jax.Array, classifier: str) -> jax.Array:
 
 
 class Head(nn.Module):
-  """Zero-initialised linear classifier with a configurable bias init."""
+  """Zero-initialised linear classifier with a configurable bias init.
+
+  It computes in float32 whatever the model's dtype: the logits feed the
+  loss, and the matmul is one vector per example.
+  """
 
   num_classes: int
   bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
+    x_BxD = x_BxD.astype(jnp.float32)
     return nn.Dense(
         self.num_classes,
         kernel_init=nn.initializers.zeros,

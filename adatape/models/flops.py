@@ -9,27 +9,39 @@ block applied to `tokens` queries attending over `keys` keys costs
 
 (Q, K, V and output projections; scores and weighted values; the two MLP
 matrices). LayerNorms, softmaxes, biases and activations are left out, as
-are the stem and the head, which every method on a task shares.
+are the stem and the head, which every method on a task shares: models
+report encoder FLOPs plus their own overhead (`ModelOutput.flops_B`), and
+`stems.ClassifierConfig.stem_head_flops` adds the rest for a whole-model
+count (MFU in `experiments/throughput.py`). A train step costs about 3x
+the forward (the backward pass computes two products per forward one).
 """
 
 import jax
 import jax.numpy as jnp
 
 
+def _count(tokens: jax.Array | float) -> jax.Array | float:
+  """Token counts as float32 arrays; plain numbers stay numbers, so a
+  count of constants (a bank's cost) is a Python float even under jit."""
+  if isinstance(tokens, (int, float)):
+    return float(tokens)
+  return jnp.asarray(tokens, jnp.float32)
+
+
 def attention(width: int, tokens: jax.Array, keys: jax.Array) -> jax.Array:
   """Self-attention sublayer: projections plus scores and weighted values."""
-  tokens = jnp.asarray(tokens, jnp.float32)
+  tokens = _count(tokens)
   return tokens * 8.0 * width**2 + 4.0 * tokens * keys * width
 
 
 def mlp(width: int, hidden: int, tokens: jax.Array) -> jax.Array:
   """A two-matrix MLP of `hidden` units (GELU, or GLU with 2x the first)."""
-  return jnp.asarray(tokens, jnp.float32) * 4.0 * width * hidden
+  return _count(tokens) * 4.0 * width * hidden
 
 
 def glu_mlp(width: int, hidden: int, tokens: jax.Array) -> jax.Array:
   """The tape's GLU MLP: D -> 2H, then H -> D."""
-  return jnp.asarray(tokens, jnp.float32) * 6.0 * width * hidden
+  return _count(tokens) * 6.0 * width * hidden
 
 
 def block(
@@ -42,4 +54,16 @@ def block(
 
 def dense(d_in: int, d_out: int, tokens: jax.Array) -> jax.Array:
   """A Dense layer applied to `tokens` vectors."""
-  return jnp.asarray(tokens, jnp.float32) * 2.0 * d_in * d_out
+  return _count(tokens) * 2.0 * d_in * d_out
+
+
+def patch_embedding(
+    patch: int, channels: int, width: int, tokens: jax.Array
+) -> jax.Array:
+  """A patch-`patch` convolution (stride = patch) giving `tokens` vectors."""
+  return dense(patch * patch * channels, width, tokens)
+
+
+# A train step: the forward, and a backward pass of two products (input
+# and weight gradients) for every forward one.
+TRAIN_STEP_FACTOR = 3.0

@@ -83,7 +83,7 @@ class HyperBlock(nn.Module):
     x_BxLxD = x_BxLxD + encoder.attention_sublayer(
         cfg, x_BxLxD, mask_BxL, train
     )
-    y = nn.LayerNorm(name="norm_mlp")(x_BxLxD)
+    y = nn.LayerNorm(dtype=cfg.compute_dtype, name="norm_mlp")(x_BxLxD)
     query_BxR = nn.Dense(self.router_dim, name="router_query")(
         layers.masked_mean(y, mask_BxL)
     )
@@ -108,6 +108,7 @@ class HyperBlock(nn.Module):
     out = (
         jnp.einsum("blf,bfd->bld", h, w2_BxFxD) + (alpha_BxM @ b2_MxD)[:, None]
     )
+    out = out.astype(x_BxLxD.dtype)
     return x_BxLxD + nn.Dropout(cfg.dropout)(out, deterministic=not train)
 
 

@@ -82,7 +82,7 @@ class Model(nn.Module):
         "step_embedding", nn.initializers.normal(0.02), (num_steps, enc.width)
     )
     block = encoder.EncoderBlock(enc, name="block")
-    norm = nn.LayerNorm(name="encoder_norm")
+    norm = nn.LayerNorm(dtype=enc.compute_dtype, name="encoder_norm")
     head = encoder.Head(cfg.num_classes, cfg.head_bias_init, name="head")
     halting_unit = nn.Dense(
         1,
@@ -93,8 +93,15 @@ class Model(nn.Module):
     )
     step_logits, halt_logits = [], []
     for n in range(num_steps):
-      x = block(x + step_embed[n], mask_BxL, num_main=x.shape[1], train=train)
-      pooled_BxD = encoder.pool(norm(x), mask_BxL, cfg.classifier)
+      x = block(
+          x + step_embed[n].astype(x.dtype),
+          mask_BxL,
+          num_main=x.shape[1],
+          train=train,
+      )
+      pooled_BxD = encoder.pool(
+          norm(x).astype(jnp.float32), mask_BxL, cfg.classifier
+      )
       step_logits.append(head(pooled_BxD))
       halt_logits.append(halting_unit(pooled_BxD)[:, 0])
     step_logits_SxBxC = jnp.stack(step_logits)

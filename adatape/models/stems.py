@@ -12,19 +12,23 @@ A zero-initialised CLS token is prepended for the `token` classifier.
 """
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adatape import run_config
 from adatape.models import encoder
+from adatape.models import flops
 
 STEMS = ("sequence", "flatten", "patches")
 
 
 class Stem(nn.Module):
-  """Embeds the raw input into main tokens."""
+  """Embeds the raw input into main tokens, in `dtype` (parameters stay
+  float32)."""
 
   kind: str
   width: int
@@ -32,12 +36,14 @@ class Stem(nn.Module):
   posemb: bool = True
   cls_token: bool = False
   dropout: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
     x = self._embed(inputs)
     if self.cls_token:
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
+      cls = cls.astype(x.dtype)
       x = jnp.concatenate(
           [jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1
       )
@@ -46,21 +52,27 @@ class Stem(nn.Module):
   def _embed(self, inputs: jax.Array) -> jax.Array:
     batch = inputs.shape[0]
     if self.kind == "flatten":
-      return nn.Dense(self.width, name="embedding")(
+      return nn.Dense(self.width, dtype=self.dtype, name="embedding")(
           inputs.reshape(batch, 1, -1)
       )
     if self.kind == "sequence":
-      x = nn.Dense(self.width, name="embedding")(inputs)
+      x = nn.Dense(self.width, dtype=self.dtype, name="embedding")(inputs)
     else:
       p = self.patch_size
       x = nn.Conv(
-          self.width, (p, p), strides=(p, p), padding="VALID", name="embedding"
+          self.width,
+          (p, p),
+          strides=(p, p),
+          padding="VALID",
+          dtype=self.dtype,
+          name="embedding",
       )(inputs)
       x = x.reshape(batch, -1, self.width)
     if self.posemb:
-      x = x + self.param(
+      posemb = self.param(
           "posembed_input", nn.initializers.normal(0.02), (1,) + x.shape[1:]
       )
+      x = x + posemb.astype(x.dtype)
     return x
 
 
@@ -118,6 +130,33 @@ class ClassifierConfig:
         "model.classifier", self.classifier, ("gap", "token")
     )
 
+  def main_tokens(self) -> int:
+    """N, the number of tokens the stem gives (a CLS token included)."""
+    if self.stem == "flatten":
+      count = 1
+    elif self.stem == "sequence":
+      count = self.input_shape[0]
+    else:
+      h, w = self.input_shape[:2]
+      count = (h // self.patch_size) * (w // self.patch_size)
+    return count + (self.classifier == "token")
+
+  def stem_head_flops(self) -> float:
+    """Analytic FLOPs per example of the stem and the head, which the
+    models' `flops_B` leave out (every method on a task shares them)."""
+    d = self.encoder.width
+    if self.stem == "flatten":
+      length = 1
+      stem = flops.dense(int(np.prod(self.input_shape)), d, 1)
+    elif self.stem == "sequence":
+      length = self.input_shape[0]
+      stem = flops.dense(self.input_shape[-1], d, length)
+    else:
+      h, w, c = self.input_shape
+      length = (h // self.patch_size) * (w // self.patch_size)
+      stem = flops.patch_embedding(self.patch_size, c, d, length)
+    return float(stem + flops.dense(d, self.num_classes, 1))
+
   @property
   def image_grid(self) -> bool:
     """Whether position embeddings lie on a square patch grid, which a
@@ -133,12 +172,18 @@ class ClassifierConfig:
         self.posemb,
         cls_token=self.classifier == "token",
         dropout=self.encoder.dropout,
+        dtype=self.encoder.compute_dtype,
         name="stem",
     )
 
   def classify(self, x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
-    """Final LayerNorm, pooling and head; call inside `__call__` too."""
-    x_BxLxD = nn.LayerNorm(name="encoder_norm")(x_BxLxD)
+    """Final LayerNorm, pooling and head; call inside `__call__` too.
+
+    The pooled mean and the head are float32 whatever the model's dtype.
+    """
+    x_BxLxD = nn.LayerNorm(
+        dtype=self.encoder.compute_dtype, name="encoder_norm"
+    )(x_BxLxD)
     return encoder.Head(self.num_classes, self.head_bias_init, name="head")(
-        encoder.pool(x_BxLxD, mask_BxL, self.classifier)
+        encoder.pool(x_BxLxD.astype(jnp.float32), mask_BxL, self.classifier)
     )

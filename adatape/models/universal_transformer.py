@@ -92,7 +92,7 @@ class _Step(nn.Module):
         nn.initializers.normal(0.02),
         (cfg.encoder.depth, cfg.encoder.width),
     )
-    stepped = state_BxLxD + step_embed[step_index]
+    stepped = state_BxLxD + step_embed[step_index].astype(state_BxLxD.dtype)
     halting_unit = nn.Dense(
         1,
         kernel_init=nn.initializers.zeros,
@@ -120,8 +120,12 @@ class _Step(nn.Module):
         stepped, mask_BxL, num_main=stepped.shape[1], train=self.train
     )
     weight_b = weight[..., None] if weight.ndim == 2 else weight[:, None, None]
+    # The output accumulates in float32 whatever the model's dtype.
     output_BxLxD = halting.accumulate(
-        output_BxLxD, new_state, weight_b, cfg.act_type
+        output_BxLxD,
+        new_state.astype(output_BxLxD.dtype),
+        weight_b,
+        cfg.act_type,
     )
     return (new_state, output_BxLxD, act, mask_BxL, flops_B), None
 
@@ -151,7 +155,7 @@ class Model(nn.Module):
     )
     carry = (
         x,
-        jnp.zeros_like(x),
+        jnp.zeros(x.shape, jnp.float32),
         halting.init(shape),
         mask_BxL,
         jnp.zeros(x.shape[:1], jnp.float32),

@@ -7,6 +7,8 @@ the reader or the model. `bank_entries` says how many entries a bank will
 have for a given input shape, so configs are validated before anything runs.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 
@@ -38,14 +40,16 @@ class SequenceBank(nn.Module):
 
   width: int
   posemb: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, inputs_BxSxC: jax.Array) -> jax.Array:
-    x = nn.Dense(self.width, name="embed")(inputs_BxSxC)
+    x = nn.Dense(self.width, dtype=self.dtype, name="embed")(inputs_BxSxC)
     if self.posemb:
-      x = x + self.param(
+      posemb = self.param(
           "posembed_bank", nn.initializers.normal(0.02), (1,) + x.shape[1:]
       )
+      x = x + posemb.astype(x.dtype)
     return x
 
 
@@ -58,6 +62,7 @@ class PatchBank(nn.Module):
 
   patch_size: int
   width: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array) -> jax.Array:
@@ -67,6 +72,7 @@ class PatchBank(nn.Module):
         (p, p),
         strides=(p, p),
         padding="VALID",
+        dtype=self.dtype,
         name="embedding_bank",
     )(image_BxHxWxC)
     batch, h, w, d = x.shape
@@ -76,7 +82,9 @@ class PatchBank(nn.Module):
         nn.initializers.normal(stddev=0.02),
         (1, h * w, d),
     )
-    return nn.Dense(self.width, name="pre_bank")(x + posemb)
+    return nn.Dense(self.width, dtype=self.dtype, name="pre_bank")(
+        x + posemb.astype(x.dtype)
+    )
 
 
 def create(
@@ -87,13 +95,17 @@ def create(
     bank_size: int,
     bank_patch_size: int,
     posemb: bool = False,
+    dtype: Any = None,
 ) -> nn.Module:
-  """The bank module for a tape config and a model stem."""
+  """The bank module for a tape config and a model stem; an input-driven
+  bank computes in `dtype` (a learnable bank is its float32 parameter)."""
   if bank == "learn":
     return LearnableBank(size=bank_size, width=width, name="bank")
   if stem == "patches":
-    return PatchBank(patch_size=bank_patch_size, width=width, name="bank")
-  return SequenceBank(width=width, posemb=posemb, name="bank")
+    return PatchBank(
+        patch_size=bank_patch_size, width=width, dtype=dtype, name="bank"
+    )
+  return SequenceBank(width=width, posemb=posemb, dtype=dtype, name="bank")
 
 
 def bank_entries(

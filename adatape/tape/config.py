@@ -48,8 +48,12 @@ class TapeConfig:
     legacy_flat_gather: reproduce the official code's flat gather of the
       selected scores
       that makes every example read example 0's scores. For measurement only.
-    early_stop: skip reading steps once the whole batch has halted. The
-      output is identical either way; only the work differs.
+    early_stop: in training, skip reading steps once the whole batch has
+      halted (a `cond` inside the scan). The output is identical either
+      way; only the work differs.
+    exit_early: at inference, stop the reading loop once every example of
+      the batch has halted (a `while_loop`). Identical tapes; False runs
+      all T / p steps, as training does (a baseline for timing).
   """
 
   bank: str = "input"
@@ -71,6 +75,7 @@ class TapeConfig:
   dropout: float = 0.0
   legacy_flat_gather: bool = False
   early_stop: bool = False
+  exit_early: bool = True
 
   def __post_init__(self):
     check = run_config.check

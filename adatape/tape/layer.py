@@ -30,10 +30,12 @@ class TapeAppender(nn.Module):
       train: bool,
   ) -> reader.TapeReadout:
     cfg = self.config
+    # The query, like the whole reader, is float32 whatever the model's
+    # dtype: scores, top-k and halting sums compare against a threshold.
     if cfg.query_type == "token":
-      query_BxD = x_BxLxD[:, 0]
+      query_BxD = x_BxLxD[:, 0].astype(jnp.float32)
     else:
-      query_BxD = layers.masked_mean(x_BxLxD, mask_BxL)
+      query_BxD = layers.masked_mean(x_BxLxD.astype(jnp.float32), mask_BxL)
     if train and cfg.query_noise > 0:
       noise = jax.random.normal(self.make_rng("dropout"), query_BxD.shape)
       query_BxD = query_BxD + cfg.query_noise * noise
@@ -46,16 +48,18 @@ class TapeAppender(nn.Module):
       )
     # One LayerNorm for the query and every bank entry, as officially.
     norm = nn.LayerNorm(name="bank_norm")
+    # At inference reading stops once every example has halted.
     readout = reader.read_tape(
         norm(query_BxD.astype(jnp.float32)),
         norm(bank.astype(jnp.float32)),
         cfg,
         dropped_BxM,
+        exit_early=cfg.exit_early and not train,
     )
     tokens = readout.tokens_BxTxD.astype(x_BxLxD.dtype)
     if cfg.mlp_dim:
-      tokens = layers.GluMlp(cfg.mlp_dim, cfg.dropout, name="tape_mlp")(
-          tokens, train=train
-      )
+      tokens = layers.GluMlp(
+          cfg.mlp_dim, cfg.dropout, x_BxLxD.dtype, name="tape_mlp"
+      )(tokens, train=train)
       tokens = jnp.where(readout.mask_BxT[..., None], tokens, 0.0)
     return readout._replace(tokens_BxTxD=tokens)

@@ -105,6 +105,7 @@ def read_tape(
     bank: jax.Array,
     config: tape_config.TapeConfig,
     dropped_BxM: jax.Array | None = None,
+    exit_early: bool = False,
 ) -> TapeReadout:
   """Reads a tape of up to T tokens from `bank` for each example.
 
@@ -115,6 +116,10 @@ def read_tape(
       vectors.
     config: tape settings.
     dropped_BxM: optional bank-dropout mask (True: hidden from the example).
+    exit_early: stop reading as soon as every example has halted (a
+      `while_loop`; inference: it has no reverse-mode gradient). Tokens,
+      masks, lengths and losses equal the full scan's; the candidates of
+      the steps never run are reported as index 0 with weight 0.
 
   Returns:
     A TapeReadout. Computation is in float32 whatever the input dtype, since
@@ -183,10 +188,15 @@ def read_tape(
       halting_B=jnp.zeros((batch,), jnp.float32),
       used_BxM=jnp.zeros((batch, num_bank), bool),
   )
-  body = maybe_step if config.early_stop else step
-  _, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
-      body, init, None, length=config.num_steps
-  )
+  if exit_early:
+    tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB = _read_while(
+        step, init, eps, config.num_steps, (batch, p, width), num_cand
+    )
+  else:
+    body = maybe_step if config.early_stop else step
+    _, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
+        body, init, None, length=config.num_steps
+    )
 
   # Halting bookkeeping, vectorised over steps (fewer ops inside the loop).
   # An example runs at step t while its halting sum before t is below
@@ -218,6 +228,33 @@ def read_tape(
       indices_BxSxK=jnp.moveaxis(index_SxBxK, 0, 1),
       weights_BxSxK=jnp.moveaxis(weight_SxBxK, 0, 1),
   )
+
+
+def _read_while(step, init: _Carry, eps, num_steps: int, token_shape, num_cand):
+  """`step` while some example is still reading, into [S, ...] buffers.
+
+  The halting sum of a step never run is +inf: no example runs there.
+  """
+  batch = token_shape[0]
+  buffers = (
+      jnp.zeros((num_steps,) + token_shape, jnp.float32),
+      jnp.zeros((num_steps, batch, num_cand), jnp.int32),
+      jnp.zeros((num_steps, batch, num_cand), jnp.float32),
+      jnp.full((num_steps, batch), jnp.inf, jnp.float32),
+  )
+
+  def running(state):
+    t, carry, _ = state
+    return (t < num_steps) & jnp.any(carry.halting_B < eps)
+
+  def body(state):
+    t, carry, outs = state
+    carry, new = step(carry, None)
+    outs = tuple(o.at[t].set(v) for o, v in zip(outs, new))
+    return t + 1, carry, outs
+
+  _, _, outs = jax.lax.while_loop(running, body, (0, init, buffers))
+  return outs
 
 
 def _read_fixed(

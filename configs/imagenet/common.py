@@ -111,16 +111,25 @@ def base(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model(name: str, variant: str, **extra) -> ml_collections.ConfigDict:
+  """The `model` section of a ViT-family model: the variant's size,
+  16-patch stem, gap pooling, the head bias of sigmoid cross-entropy over
+  1000 classes, and bfloat16 computation (parameters and optimizer state
+  stay float32)."""
   size, patch = variant.split("/")
   return shared.encoder(
       name,
       *VARIANTS[size],
-      stem="patches",
-      patch_size=int(patch),
-      classifier="gap",
-      posemb=True,
-      head_bias_init=-6.9,
-      **extra,
+      **dict(
+          dict(
+              stem="patches",
+              patch_size=int(patch),
+              classifier="gap",
+              posemb=True,
+              head_bias_init=-6.9,
+              dtype="bfloat16",
+          ),
+          **extra,
+      ),
   )
 
 

@@ -1,0 +1,183 @@
+r"""Padded vs elastic inference of a trained AdaTape run: time and FLOPs.
+
+  python -m experiments.elastic_inference --workdir=RUN [--batch=N] \
+      [--buckets=2,4,6,8] [--epsilon=E] [--max_tokens=T] [--examples=N] \
+      [--repeats=R] [--out=FILE]
+
+Runs the run's checkpoint over its eval set (or the first --examples of
+it) three ways, in one process, interleaved, after a warm-up that
+compiles every shape:
+  padded        today's padded execution: all T / p reading steps, then
+                every block on all T tape slots (tape.exit_early=False)
+  padded+exit   the same, with the reading loop stopping once the batch
+                has halted (the default at inference)
+  elastic       `adatape/elastic.py`: early exit, then the blocks after the
+                tape per length bucket, on sequences cut to the bucket
+and prints the median time of each, the theoretical saving (1 - analytic
+FLOPs at the measured tape lengths / FLOPs of the padded computation,
+`adatape/models/flops.py`), the saving the buckets allow, and the realized
+saving (1 - elastic time / padded time). --epsilon and --max_tokens turn
+the budget knob first (no parameter depends on them). Last line:
+`realized X% of time saved, theoretical Y%`.
+"""
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from adatape import analysis
+from adatape import assemble
+from adatape import checkpointing
+from adatape import elastic
+from adatape import run_config
+from adatape import storage
+from adatape.models import adatape as adatape_model
+
+
+def _time(fn) -> float:
+  begin = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - begin
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--batch", type=int, default=1024)
+  parser.add_argument("--buckets", default="")
+  parser.add_argument("--epsilon", type=float, default=0.0)
+  parser.add_argument("--max_tokens", type=int, default=0)
+  parser.add_argument("--examples", type=int, default=0)
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--chunk", type=int, default=256)
+  parser.add_argument("--out", default="", help="also write the report here")
+  args = parser.parse_args(argv)
+  lines = []
+
+  def report(line: str) -> None:
+    print(line, flush=True)
+    lines.append(line)
+
+  try:
+    config, step, params = analysis.read_run(args.workdir)
+    config = ml_collections.ConfigDict(config.to_dict())
+    run_config.check(
+        config.model.name == "adatape",
+        f"--workdir={args.workdir} holds a {config.model.name!r} run; "
+        "elastic inference needs an AdaTape run",
+    )
+    if args.epsilon:
+      config.tape.epsilon = args.epsilon
+    if args.max_tokens:
+      config.tape.num_tokens = args.max_tokens
+    padded_config = ml_collections.ConfigDict(config.to_dict())
+    padded_config.tape.exit_early = False
+    run = assemble.prepare(config)
+    padded_run = assemble.prepare(padded_config)
+    buckets = elastic.parse_buckets(
+        args.buckets
+        or ",".join(map(str, elastic.default_buckets(config.tape.num_tokens))),
+        config.tape.num_tokens,
+    )
+    predictor = elastic.Predictor(run.model, params, buckets, chunk=args.chunk)
+  except (run_config.ConfigError, checkpointing.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  inputs = analysis.eval_inputs(run, args.examples)
+  batches = [
+      inputs[i : i + args.batch] for i in range(0, len(inputs), args.batch)
+  ]
+  batches = [b for b in batches if len(b) == args.batch] or batches[:1]
+  used = sum(len(b) for b in batches)
+
+  def forward(model):
+    return jax.jit(
+        lambda p, x: model.apply({"params": p}, x, train=False).logits
+    )
+
+  padded, exiting = forward(padded_run.model), forward(run.model)
+  runners = {
+      "padded": lambda: [padded(params, b) for b in batches],
+      "padded+exit": lambda: [exiting(params, b) for b in batches],
+      "elastic": lambda: [predictor(b).logits for b in batches],
+  }
+  outs = [predictor(b) for b in batches]  # Warm-up: compiles every shape.
+  for run_fn in runners.values():
+    run_fn()
+  times = {name: [] for name in runners}
+  for _ in range(args.repeats):
+    for name, run_fn in runners.items():
+      times[name].append(_time(run_fn))
+
+  cfg = run.model.config
+  lengths = np.concatenate([o.tape_length for o in outs])
+  bucket_of = np.concatenate([o.bucket for o in outs])
+  flops_read = np.concatenate([o.flops for o in outs])
+  num_main = cfg.main_tokens()
+  entries = adatape_model.banks.bank_entries(
+      cfg.tape.bank,
+      stem=cfg.stem,
+      input_shape=cfg.input_shape,
+      bank_size=cfg.tape.bank_size,
+      bank_patch_size=cfg.bank_patch_size,
+  )
+  full = adatape_model.computed_flops(cfg, num_main, entries)
+  pairs, counts = np.unique(
+      np.stack([lengths, bucket_of], 1), axis=0, return_counts=True
+  )
+  bucketed = sum(
+      count
+      * adatape_model.computed_flops(
+          cfg, num_main, entries, read=int(n), slots=int(b)
+      )
+      for (n, b), count in zip(pairs, counts)
+  ) / len(lengths)
+  theoretical = 1.0 - float(flops_read.mean()) / full
+  bucket_bound = 1.0 - bucketed / full
+
+  report(f"# python -m experiments.elastic_inference {shlex.join(argv)}")
+  device = jax.devices()[0]
+  report(
+      f"run {args.workdir} (step {step}); device {device.device_kind}; "
+      f"{used} eval examples in batches of {args.batch}; median of "
+      f"{args.repeats}; T={cfg.tape.num_tokens}, epsilon={cfg.tape.epsilon}"
+  )
+  report(
+      f"tape length: mean {lengths.mean():.2f}, range {lengths.min()}-"
+      f"{lengths.max()}; buckets {buckets}: "
+      + ", ".join(f"{b}: {int((bucket_of == b).sum())}" for b in buckets)
+  )
+  medians = {k: statistics.median(v) for k, v in times.items()}
+  for name, seconds in medians.items():
+    report(f"{name:<12} {seconds * 1e3:9.1f} ms  {used / seconds:10.0f} ex/s")
+  realized = 1.0 - medians["elastic"] / medians["padded"]
+  report(
+      f"analytic MFLOPs per example: padded {full / 1e6:.4f}, at the tape "
+      f"read {flops_read.mean() / 1e6:.4f}, at the buckets "
+      f"{bucketed / 1e6:.4f}"
+  )
+  report(
+      f"saving: theoretical {theoretical:.1%}, within the buckets "
+      f"{bucket_bound:.1%}, realized {realized:.1%} "
+      f"({realized / theoretical:.0%} of the theoretical)"
+      if theoretical > 0
+      else f"saving: theoretical 0 (every tape is full), realized "
+      f"{realized:.1%}"
+  )
+  report(
+      f"realized {realized:.1%} of time saved, theoretical {theoretical:.1%}"
+  )
+  if args.out:
+    storage.write_atomic(args.out, "\n".join(lines) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

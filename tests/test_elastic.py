@@ -1,0 +1,147 @@
+"""Elastic inference: per-bucket execution equals the padded run."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from adatape import elastic
+from adatape import models
+from adatape import run_config
+
+# Bucketed and padded runs sum attention and pooling over different
+# numbers of (zero-weight) slots; XLA may order those sums differently.
+TOLERANCE = 1e-5
+
+
+def _model(**tape):
+  c = ml_collections.ConfigDict()
+  c.model = dict(
+      name="adatape",
+      width=32,
+      depth=3,
+      num_heads=4,
+      mlp_dim=64,
+      stem="flatten",
+      posemb=False,
+  )
+  c.tape = dict(
+      dict(num_tokens=8, epsilon=2.0, key_split=4, layers=(1,)), **tape
+  )
+  return models.build(c, input_shape=(32, 3), num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """A model whose tapes differ in length across 64 examples: a random head
+  and bank (both start at or near zero, which would halt every example
+  alike)."""
+  model = _model()
+  rng = np.random.default_rng(0)
+  x = jax.nn.one_hot(rng.integers(0, 3, (64, 32)), 3)
+  params = jax.jit(lambda k, x: model.init(k, x, train=False))(
+      jax.random.key(0), x[:1]
+  )["params"]
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf
+      + (
+          0.2 * jax.random.normal(jax.random.key(5), leaf.shape)
+          if "head" in jax.tree_util.keystr(path)
+          or "bank" in jax.tree_util.keystr(path)
+          else 0.0
+      ),
+      params,
+  )
+  return model, params, np.asarray(x)
+
+
+def _padded(model, params, x):
+  return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(
+      params, x
+  )
+
+
+def test_mixed_lengths_equal_the_padded_run_per_example(setup):
+  model, params, x = setup
+  padded = _padded(model, params, x)
+  lengths = np.asarray(padded.metrics_B["tape_length"])
+  assert len(set(lengths.tolist())) >= 3  # A mixed batch.
+  out = elastic.Predictor(
+      model, params, buckets=(2, 4, 6, 8), chunk=16, smallest=4
+  )(x)
+  np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
+  np.testing.assert_array_equal(out.tape_length, lengths)
+  # Each example ran in the smallest bucket holding its tape.
+  assert np.all(out.bucket >= lengths)
+  assert np.all((out.bucket == 2) | (out.bucket - 2 < lengths))
+  # The analytic FLOPs are the padded model's (valid tokens only).
+  np.testing.assert_allclose(out.flops, padded.flops_B, rtol=1e-6)
+
+
+def test_every_example_is_computed_once(setup, monkeypatch):
+  model, params, x = setup
+  seen = []
+  original = elastic._pieces  # pylint: disable=protected-access
+
+  def record(count, chunk, smallest):
+    seen.append(count)
+    return original(count, chunk, smallest)
+
+  monkeypatch.setattr(elastic, "_pieces", record)
+  out = elastic.Predictor(
+      model, params, buckets=(3, 5, 8), chunk=8, smallest=2
+  )(x)
+  assert sum(seen) == len(x)  # The buckets partition the batch.
+  counts = {b: int((out.bucket == b).sum()) for b in (3, 5, 8)}
+  assert sum(counts.values()) == len(x)
+  for count in range(0, 40):
+    pieces = elastic._pieces(count, 16, 4)  # pylint: disable=protected-access
+    assert sum(pieces) >= count and sum(pieces) - count < 4
+
+
+def test_uniform_lengths_and_batch_of_one(setup):
+  model, params, x = setup
+  padded = _padded(model, params, x)
+  lengths = np.asarray(padded.metrics_B["tape_length"])
+  same = x[lengths == np.bincount(lengths).argmax()][:5]
+  predictor = elastic.Predictor(model, params)
+  out = predictor(same)
+  assert len(set(out.bucket.tolist())) == 1
+  np.testing.assert_allclose(
+      out.logits, _padded(model, params, same).logits, atol=TOLERANCE
+  )
+  one = predictor(x[:1])
+  np.testing.assert_allclose(
+      one.logits, _padded(model, params, x[:1]).logits, atol=TOLERANCE
+  )
+
+
+@pytest.mark.parametrize(
+    "buckets, message",
+    [
+        ("", "--buckets is empty; give tape lengths ending at T=8"),
+        (
+            "2,4,6",
+            "--buckets=2,4,6 must be tape lengths in [1, 8] whose "
+            "largest is T=8",
+        ),
+        ("0,8", "--buckets=0,8 must be tape lengths in [1, 8]"),
+        ("2,x,8", "--buckets='2,x,8' must be comma-separated tape lengths"),
+    ],
+)
+def test_bad_buckets_are_one_line_errors(buckets, message):
+  with pytest.raises(run_config.ConfigError) as raised:
+    elastic.parse_buckets(buckets, 8)
+  assert str(raised.value).startswith(message)
+  assert "\n" not in str(raised.value)
+  assert elastic.parse_buckets("8,2,4,4", 8) == (2, 4, 8)
+  assert elastic.default_buckets(8) == (2, 4, 6, 8)
+  assert elastic.default_buckets(10) == (3, 5, 8, 10)
+
+
+def test_models_it_cannot_run_are_refused(setup):
+  _, params, _ = setup
+  with pytest.raises(run_config.ConfigError, match="one tape"):
+    elastic.Predictor(_model(layers=(1, 2)), params)
+  with pytest.raises(run_config.ConfigError, match="power of two"):
+    elastic.Predictor(_model(), params, chunk=12)
