@@ -43,7 +43,9 @@ def read_run(
       storage.exists(path),
       f"--workdir={workdir} holds no run (no config.json)",
   )
-  config = ml_collections.ConfigDict(json.loads(storage.read_text(path)))
+  config = ml_collections.ConfigDict(
+      workdir_lib.upgrade(json.loads(storage.read_text(path)))
+  )
   step, params = checkpointing.restore_params(workdir, step)
   return config, step, params
 

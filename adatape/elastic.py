@@ -2,18 +2,22 @@
 
 Under jit every example carries all T tape slots, and a mask hides the
 ones it did not read, so the adaptive length saves FLOPs only on paper.
-`Predictor` runs an AdaTape model so that it saves time too:
+`Predictor` runs an AdaTape model so that it saves time too, in one
+compiled call per batch size (no host round trip):
 
 1. The prefix (stem, bank, the blocks before the tape, and the tape read,
    whose loop stops once every example has halted) runs on the whole
-   batch, as one compiled call.
-2. The tape lengths come to the host, and each example goes to the
-   smallest bucket (a tape length, e.g. T/4, T/2, 3T/4, T) that holds its
-   tape.
-3. The blocks after the tape run per bucket on sequences cut to N + bucket
-   tokens, in pieces of fixed sizes (powers of two from `chunk` down to
-   `smallest`, the last piece padded), so each (bucket, piece) shape
-   compiles once; the results return in the original order.
+   batch.
+2. The examples are sorted by tape length and cut into chunks of `chunk`
+   examples; each chunk takes the smallest bucket (a tape length, e.g.
+   T/4, T/2, 3T/4, T) that holds its longest tape.
+3. A loop over the chunks runs, per chunk, only the branch of its bucket
+   (`lax.switch`): the blocks after the tape on sequences cut to N +
+   bucket tokens. The results return in the original order.
+
+Sorting puts equal lengths together, so only a chunk that straddles two
+buckets runs some examples at a longer length than their own bucket. The
+`bucket` of each example in the output is the length it ran with.
 
 Cutting only removes tape slots an example did not read, which no real
 token attends to and pooling skips, so each example's logits equal the
@@ -25,6 +29,7 @@ block), the AdaTape default.
 import dataclasses
 from typing import Any, NamedTuple, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -111,41 +116,39 @@ class ElasticOutput(NamedTuple):
   flops: np.ndarray  # [B]: analytic FLOPs (models/flops.py).
 
 
-def _pieces(count: int, chunk: int, smallest: int) -> list[int]:
-  """Piece sizes (powers of two in [smallest, chunk]) covering `count`
-  rows; only the last may be larger than what is left (padding)."""
-  sizes, size = [], chunk
-  while size >= smallest:
-    sizes.append(size)
-    size //= 2
-  pieces, left = [], count
-  for size in sizes:
-    while left >= size:
-      pieces.append(size)
-      left -= size
-  if left:
-    pieces.append(sizes[-1])
-  return pieces
+def schedule(
+    lengths_B: jax.Array, buckets: Sequence[int], chunk: int
+) -> tuple[jax.Array, jax.Array]:
+  """The order that sorts the batch by tape length (padded to whole chunks
+  by repeating the longest example), and each chunk's bucket index (the
+  smallest bucket holding the chunk's longest tape)."""
+  batch = lengths_B.shape[0]
+  num_chunks = -(-batch // chunk)
+  order = jnp.argsort(lengths_B, stable=True)
+  order = jnp.concatenate(
+      [order, jnp.full(num_chunks * chunk - batch, order[-1])]
+  )
+  longest = lengths_B[order].reshape(num_chunks, chunk).max(axis=1)
+  bucket_index = jnp.searchsorted(jnp.asarray(buckets), longest, side="left")
+  return order, bucket_index
 
 
 @dataclasses.dataclass
 class Predictor:
-  """`Predictor(model, params)(images)`: AdaTape inference per bucket.
+  """`Predictor(model, params)(inputs)`: AdaTape inference per bucket.
 
   Attributes:
     model: an AdaTape model (`models.build(...)` of `model.name=adatape`).
     params: its parameters.
     buckets: bucket tape lengths (default: T/4, T/2, 3T/4, T).
-    chunk: the largest piece of a bucket run at once (a power of two).
-    smallest: the smallest piece (a power of two); remainders are padded
-      up to it.
+    chunk: examples per chunk: each chunk runs at one bucket length. Smaller
+      chunks waste less at bucket boundaries; larger ones loop less.
   """
 
   model: Any
   params: Any
   buckets: Sequence[int] | None = None
-  chunk: int = 256
-  smallest: int = 8
+  chunk: int = 128
 
   def __post_init__(self):
     cfg = self.model.config
@@ -162,66 +165,77 @@ class Predictor:
         cfg.tape.adaptive,
         "elastic execution needs the adaptive reader (tape.adaptive=True)",
     )
-    for name in ("chunk", "smallest"):
-      value = getattr(self, name)
-      run_config.check(
-          value >= 1 and value & (value - 1) == 0,
-          f"elastic {name}={value} must be a power of two",
-      )
-    self.smallest = min(self.smallest, self.chunk)
+    run_config.check(
+        self.chunk >= 1, f"elastic chunk={self.chunk} must be >= 1"
+    )
     self.buckets = parse_buckets(
         self.buckets or default_buckets(cfg.tape.num_tokens),
         cfg.tape.num_tokens,
     )
-    # One device: the batch is split by the host, not by a mesh.
+    # One device: the batch is split into chunks, not over a mesh.
     device = jax.devices()[0]
-    self._params = jax.device_put(self.params, device)
-    prefix = _Prefix(cfg)
-    self._device = device
-    self._prefix = jax.jit(lambda p, x: prefix.apply({"params": p}, x))
-    self._suffixes = {}
-
-  def _suffix(self, num_main: int):
-    if num_main not in self._suffixes:
-      suffix = _Suffix(self.model.config, num_main)
-      self._suffixes[num_main] = jax.jit(
-          lambda p, x, m, f: suffix.apply({"params": p}, x, m, f)
+    if jax.device_count() > 1:
+      logging.warning(
+          "elastic execution runs on one device (%s) of %d; it does not "
+          "shard the batch over a data-parallel mesh",
+          device,
+          jax.device_count(),
       )
-    return self._suffixes[num_main]
+    self._device = device
+    self._params = jax.device_put(self.params, device)
+    self._run = jax.jit(self._forward)
+
+  def _forward(self, params, inputs):
+    cfg = self.model.config
+    variables = {"params": params}
+    x_BxLxD, mask_BxL, length_B, flops_B = _Prefix(cfg).apply(variables, inputs)
+    batch = x_BxLxD.shape[0]
+    num_main = x_BxLxD.shape[1] - cfg.tape.num_tokens
+    chunk = min(self.chunk, batch)
+    order, bucket_index = schedule(length_B, self.buckets, chunk)
+    num_chunks = bucket_index.shape[0]
+
+    def chunks(a):
+      return a[order].reshape((num_chunks, chunk) + a.shape[1:])
+
+    suffix = _Suffix(cfg, num_main)
+
+    def branch(bucket):
+      keep = num_main + bucket
+
+      def run(x, mask, flops):
+        return suffix.apply(variables, x[:, :keep], mask[:, :keep], flops)
+
+      return run
+
+    branches = [branch(b) for b in self.buckets]
+    logits, flops = jax.lax.map(
+        lambda a: jax.lax.switch(a[0], branches, *a[1:]),
+        (bucket_index, chunks(x_BxLxD), chunks(mask_BxL), chunks(flops_B)),
+    )
+    bucket = jnp.repeat(jnp.asarray(self.buckets)[bucket_index], chunk)
+    # Back to the input order; the padding rows (copies) are dropped.
+    order = order[:batch]
+
+    def unsort(a):
+      flat = a.reshape((num_chunks * chunk,) + a.shape[2:])[:batch]
+      return jnp.zeros_like(flat).at[order].set(flat)
+
+    return (
+        unsort(logits),
+        length_B,
+        unsort(bucket.reshape(num_chunks, chunk)),
+        unsort(flops),
+    )
 
   def __call__(self, inputs: Any) -> ElasticOutput:
-    cfg = self.model.config
     inputs = jax.device_put(jnp.asarray(inputs), self._device)
-    x_BxLxD, mask_BxL, length_B, flops_B = self._prefix(self._params, inputs)
-    lengths = np.asarray(jax.device_get(length_B))
-    num_main = x_BxLxD.shape[1] - cfg.tape.num_tokens
-    batch = len(lengths)
-    bucket_of = np.asarray(self.buckets)[
-        np.searchsorted(np.asarray(self.buckets), lengths)
-    ]
-    suffix = self._suffix(num_main)
-    logits = np.zeros((batch, cfg.num_classes), np.float32)
-    flops = np.zeros(batch, np.float32)
-    for bucket in self.buckets:
-      rows = np.flatnonzero(bucket_of == bucket)
-      start = 0
-      for size in _pieces(len(rows), self.chunk, self.smallest):
-        take = rows[start : start + size]
-        start += len(take)
-        # Pad a short last piece with copies of its first row.
-        index = np.concatenate([take, np.full(size - len(take), take[0])])
-        keep = num_main + bucket
-        out, piece_flops = suffix(
-            self._params,
-            x_BxLxD[index, :keep],
-            mask_BxL[index, :keep],
-            flops_B[index],
-        )
-        logits[take] = np.asarray(out)[: len(take)]
-        flops[take] = np.asarray(piece_flops)[: len(take)]
+    logits, lengths, bucket, flops = jax.device_get(
+        self._run(self._params, inputs)
+    )
     return ElasticOutput(
-        logits=logits,
-        tape_length=lengths,
-        bucket=bucket_of,
-        flops=flops,
+        logits=np.asarray(logits, np.float32),
+        tape_length=np.asarray(lengths),
+        bucket=np.asarray(bucket),
+        flops=np.asarray(flops, np.float32),
     )

@@ -151,3 +151,31 @@ def depth_prior(
   else:
     log_t = -0.5 * ((layer - mean) / scale) ** 2
   return jax.nn.softmax(log_t)
+
+
+def halting_score_prior_loss(
+    scores_LxBxT: jax.Array, valid_BxT: jax.Array, target_L: jax.Array
+) -> jax.Array:
+  """A-ViT's distributional prior, per example: KL(target || h).
+
+  h^l is the mean halting score of layer l over the example's tokens (as in
+  the paper and the official code: the raw scores, of halted tokens too,
+  not the ACT weights), normalised over the layers and clipped to [0.01,
+  0.99] as the official code does. Two fixes are kept: the mean is per
+  example over its valid tokens (the official code averages over the batch
+  and drops its first example instead of the class token), and the target
+  is a normalised distribution (`depth_prior`).
+
+  Args:
+    scores_LxBxT: halting scores h of every layer, in [0, 1].
+    valid_BxT: 1 for real tokens, 0 for padding.
+    target_L: the prior over layers (sums to 1).
+
+  Returns:
+    The KL divergence per example, [B].
+  """
+  valid = valid_BxT.astype(jnp.float32)
+  h_LxB = jnp.einsum("lbt,bt->lb", scores_LxBxT, valid) / valid.sum(1)
+  dist_BxL = (h_LxB / jnp.sum(h_LxB, axis=0, keepdims=True)).T
+  dist_BxL = jnp.clip(dist_BxL, 0.01, 0.99)
+  return jnp.sum(target_L * (jnp.log(target_L) - jnp.log(dist_BxL)), axis=-1)

@@ -43,7 +43,7 @@ def check(
   path = storage.join(workdir, CONFIG)
   if not storage.exists(path):
     return
-  saved = reporting.read_json(path)
+  saved = upgrade(reporting.read_json(path))
   current = json.loads(config.to_json())
   defaults = defaults or {}
   differing = sorted(
@@ -63,6 +63,36 @@ def check(
 
 
 _ABSENT = object()
+
+# Keys removed from the code, with the value under which a saved run means
+# the same without them. A run saved with another value used a feature
+# that no longer exists.
+REMOVED = {
+    # Dropped: it averaged zeroed slots, which is not what the official
+    # code did (there padded slots depend on the batch).
+    "model.pool_include_padded_tape": False,
+}
+
+
+def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config (JSON) without the keys `REMOVED` lists; raises
+  ConfigError for a run that used a removed feature."""
+  saved = json.loads(json.dumps(saved))
+  for key, value in REMOVED.items():
+    found = _lookup(saved, key)
+    if found is _ABSENT:
+      continue
+    if found != value:
+      raise run_config.ConfigError(
+          f"the run was saved with {key}={found}, a setting this code no "
+          "longer has; use the code the run was made with"
+      )
+    *parents, last = key.split(".")
+    node = saved
+    for part in parents:
+      node = node[part]
+    del node[last]
+  return saved
 
 
 def _lookup(tree: Any, key: str) -> Any:

@@ -64,8 +64,17 @@ def universal_transformer(
 
 
 def hyper_ut(model: ModelFn, depth: int) -> ml_collections.ConfigDict:
-  """UT-ACT with a router-generated FFN from a pool of 4."""
-  c = universal_transformer(model, depth, pool_size=4, router_dim=32)
+  """UT-ACT whose FFN a hypernetwork generates per example and step (an
+  8-number weight embedding from a router of width 32); `generator=mixture`
+  gives the pool-of-4 mixture instead."""
+  c = universal_transformer(
+      model,
+      depth,
+      generator="hypernetwork",
+      pool_size=4,
+      router_dim=32,
+      hyper_dim=8,
+  )
   c.name = "hyper_ut"
   return c
 

@@ -225,6 +225,7 @@ def main():
       "train_s",
   ]
   print(reporting.write_table(rows, args.out, keys))
+  _note_lower_bounds(args.out + ".md")
   if hops:
     keys = [
         "method",
@@ -236,7 +237,18 @@ def main():
         "gflops",
     ]
     print(reporting.write_table(hops, args.out + "_pvr_hops", keys))
+    _note_lower_bounds(args.out + "_pvr_hops.md")
     plot_hops(hops, args.out + "_pvr_hops.png", train_hops)
+
+
+def _note_lower_bounds(path):
+  """Says under a table that the UT family's GFLOPs are lower bounds."""
+  with open(path, "a") as f:
+    f.write(
+        "\nUniversal Transformer and Hyper-UT GFLOPs are lower bounds: they"
+        " count the queries of tokens still running, while the block also"
+        " updates halted tokens (adatape/models/universal_transformer.py).\n"
+    )
 
 
 if __name__ == "__main__":

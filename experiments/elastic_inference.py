@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--max_tokens", type=int, default=0)
   parser.add_argument("--examples", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--chunk", type=int, default=256)
+  parser.add_argument("--chunk", type=int, default=128)
   parser.add_argument("--out", default="", help="also write the report here")
   args = parser.parse_args(argv)
   lines = []

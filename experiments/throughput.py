@@ -234,7 +234,7 @@ def run(
   report(
       f"\ndevice: {device.device_kind} ({device.platform}); batch "
       f"{benches[0].batch}; median of {repeats}; matmul peak "
-      + ", ".join(f"{d.name} {p:.1f} TFLOP/s" for d, p in peaks.items())
+      + ", ".join(f"{d.name} {p:.3g} TFLOP/s" for d, p in peaks.items())
   )
   report(
       f"{'model':<46}{'dtype':>9}{'train img/s':>12}{'infer img/s':>12}"

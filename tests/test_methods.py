@@ -26,6 +26,9 @@ def _build(name, input_shape=(9, 5), num_classes=4, **model):
   c.model = dict(
       dict(name=name, width=16, depth=3, num_heads=2, mlp_dim=32), **model
   )
+  if name == "adatape":
+    # K = T / epsilon = 3 candidates per step: K * T = 9 = the bank.
+    c.tape = dict(num_tokens=3, epsilon=1.0)
   return models.build(c, input_shape=input_shape, num_classes=num_classes)
 
 
@@ -272,13 +275,15 @@ def test_acm_learner_outputs_are_cumulative_sums():
   z = jnp.asarray(_inputs(2, (5, 8)))
   variables = module.init(jax.random.key(0), z)
   variables = _set(
-      variables, "bias", jax.random.normal(jax.random.key(1), (8,))
+      variables, "bias", jax.random.normal(jax.random.key(1), (5, 8))
   )
   h = np.asarray(module.apply(variables, z))
   p = variables["params"]
   w1 = np.asarray(p["w1"]).reshape(8, 4, 3)
   w2 = np.asarray(p["w2"]).reshape(4, 3, 8)
-  np.testing.assert_array_equal(h[:, :, 0], 0.0)  # k = 0 skips the module.
+  bias = np.asarray(p["bias"])
+  # k = 0 skips the learners: only the choice's own bias, as officially.
+  np.testing.assert_allclose(h[:, :, 0], np.broadcast_to(bias[0], (2, 5, 8)))
   for k in range(1, 5):
     total = sum(
         np.asarray(
@@ -288,7 +293,7 @@ def test_acm_learner_outputs_are_cumulative_sums():
         for n in range(k)
     )
     np.testing.assert_allclose(
-        h[:, :, k], total + np.asarray(p["bias"]), rtol=1e-4, atol=1e-5
+        h[:, :, k], total + bias[: k + 1].sum(0), rtol=1e-4, atol=1e-5
     )
 
 
@@ -310,6 +315,30 @@ def test_acm_no_detach_sends_each_choice_gradient_to_all_its_learners():
   assert w1[0] > 0 and w1[1] > 0 and w1[2] == 0
 
 
+def test_avit_prior_loss_from_mean_halting_scores_by_hand():
+  # Two layers, one example of three tokens, the last one padding (its
+  # scores must not count); a second example shows the mean is per example.
+  scores_LxBxT = jnp.array(
+      [[[0.2, 0.4, 0.9], [0.5, 0.5, 0.0]], [[0.6, 1.0, 0.9], [0.5, 0.5, 0.0]]]
+  )
+  valid_BxT = jnp.array([[1, 1, 0], [1, 1, 0]])
+  target_L = jnp.array([0.25, 0.75])
+  loss_B = halting.halting_score_prior_loss(scores_LxBxT, valid_BxT, target_L)
+  # Example 0: h = (0.3, 0.8), normalised (3/11, 8/11).
+  expected = 0.25 * np.log(0.25 / (3 / 11)) + 0.75 * np.log(0.75 / (8 / 11))
+  np.testing.assert_allclose(loss_B[0], expected, rtol=1e-5)
+  # Example 1: h = (0.5, 0.5) -> (0.5, 0.5).
+  expected = 0.25 * np.log(0.25 / 0.5) + 0.75 * np.log(0.75 / 0.5)
+  np.testing.assert_allclose(loss_B[1], expected, rtol=1e-5)
+  # Clipped to [0.01, 0.99] as the official code: a layer with h = 0.
+  zero = halting.halting_score_prior_loss(
+      jnp.array([[[0.0]], [[1.0]]]), jnp.array([[1]]), target_L
+  )
+  np.testing.assert_allclose(
+      zero[0], 0.25 * np.log(25.0) + 0.75 * np.log(0.75 / 0.99), rtol=1e-5
+  )
+
+
 def test_avit_laplace_and_gaussian_priors_give_different_losses():
   x = _inputs(4)
   losses = {}
@@ -328,12 +357,17 @@ def test_avit_laplace_and_gaussian_priors_give_different_losses():
   assert np.abs(losses["gaussian"] - losses["laplace"]).max() > 1e-4
 
 
-def test_acm_gate_labels_hand_case():
-  # errors for k = 0..4; ratios e_k / e_{k+1}: 4, 1.1, 2, 1.
+def test_acm_gate_labels_follow_the_official_rule():
+  # Errors for choices k = 0..4 (K = 4) and their ratios e_j / e_{j+1}.
   errors = jnp.array(
-      [[8.0, 2.0, 1.818, 0.909, 0.909], [8.0, 4.0, 2.0, 1.0, 0.5]]
+      [
+          [8.0, 2.0, 1.818, 0.909, 0.909],  # 4, 1.1, 2, 1: j = 1 -> label 2
+          [8.0, 4.0, 2.0, 1.8, 0.9],  # 2, 2, 1.11, 2: j = 2 -> label 3
+          [8.0, 4.0, 2.0, 1.0, 0.5],  # 2, 2, 2, 2: none -> K
+          [1.0, 1.0, 0.5, 0.25, 0.125],  # 1, 2, 2, 2: j = 0 -> K, officially
+      ]
   )
-  np.testing.assert_array_equal(acm.gate_labels(errors, 1.2), [1, 4])
+  np.testing.assert_array_equal(acm.gate_labels(errors, 1.2), [2, 3, 4, 4])
 
 
 def test_acm_finetune_output_uses_the_chosen_learners_and_grads_reach_gates():
@@ -410,8 +444,46 @@ def test_acm_distill_stage_trains_only_the_learners():
 # Hyper-UT.
 
 
-def test_hyper_ut_generates_different_weights_per_example():
-  model = _build("hyper_ut", pool_size=3, router_dim=8)
+def test_hyper_ut_hypernetwork_generates_weights_per_example_and_step():
+  model = _build("hyper_ut", router_dim=8, hyper_dim=4, halting_bias_init=-3.0)
+  x = _inputs(5)
+  variables = _init(model, x)
+  out, inter = _apply(model, variables, x, mutable=["intermediates"])
+  z = np.asarray(jax.tree.leaves(inter["intermediates"])[0])
+  assert z.shape == (3, 5, 4)  # [steps, B, hyper_dim]
+  assert np.abs(z - z[:, :1]).max() > 1e-3  # Examples differ.
+  assert np.abs(z - z[:1]).max() > 1e-3  # Steps differ.
+  alone = _apply(model, variables, x[2:3])
+  np.testing.assert_allclose(alone.logits[0], out.logits[2], atol=1e-5)
+  grads = jax.grad(
+      lambda v: _apply(model, v, x, train_mode=True).logits[:, 0].sum()
+  )(_set(variables, "head/output_projection/kernel", 1.0))
+  block = grads["params"]["act"]["block"]
+  for name in ("hyper_w1", "hyper_w2"):
+    # Every row of the hypernetwork (each embedding dimension) learns.
+    assert np.all(np.abs(np.asarray(block[name])).sum(1) > 0), name
+  assert float(np.abs(block["router"]["kernel"]).sum()) > 0
+  assert float(np.abs(block["embedding"]["kernel"]).sum()) > 0
+
+
+def test_hyper_ut_charges_generation_for_the_steps_taken():
+  # A halting bias of 10: every token halts after its first step.
+  model = _build("hyper_ut", router_dim=8, hyper_dim=4, halting_bias_init=10.0)
+  x = _inputs(2)
+  out = _apply(model, _init(model, x), x)
+  d, f, tokens = 16, 32, 9
+  one_step = (
+      flops.block(d, f, tokens)
+      + flops.dense(d, 1, tokens)  # halting unit
+      + 2 * d * 8
+      + 2 * 8 * 4  # router and weight embedding
+      + 2 * 4 * 2 * d * f  # W1 and W2 from the 4-number embedding
+  )
+  np.testing.assert_allclose(out.flops_B, one_step, rtol=1e-6)
+
+
+def test_hyper_ut_mixture_generates_different_weights_per_example():
+  model = _build("hyper_ut", generator="mixture", pool_size=3, router_dim=8)
   x = _inputs(5)
   variables = _init(model, x)
   out, inter = _apply(model, variables, x, mutable=["intermediates"])
@@ -436,6 +508,7 @@ def test_hyper_ut_generates_different_weights_per_example():
 @pytest.mark.parametrize(
     "name",
     [
+        "adatape",
         "pondernet",
         "avit",
         "albert_act",
@@ -456,6 +529,7 @@ def test_every_method_is_batch_independent_and_reports_flops(name):
   )
   out = _apply(model, variables, x)
   assert isinstance(out, outputs.ModelOutput)
+  assert np.abs(np.asarray(out.logits)).max() > 0.1  # The check can fail.
   for b in (0, 4):
     alone = _apply(model, variables, x[b : b + 1])
     np.testing.assert_allclose(alone.logits[0], out.logits[b], atol=1e-5)
@@ -506,6 +580,7 @@ def test_adatape_flops_grow_with_tape_length():
         ("acm", "num_learners", 5, "model.num_learners"),
         ("acm", "stage", "teacher", "model.stage"),
         ("hyper_ut", "pool_size", 0, "model.pool_size"),
+        ("hyper_ut", "generator", "moe", "model.generator"),
     ],
 )
 def test_bad_method_configs_are_rejected(name, key, value, match):

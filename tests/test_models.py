@@ -67,21 +67,27 @@ def test_adatape_example_alone_equals_example_in_batch(model_kw, tape_kw):
   )
   x = _parity_inputs(16)
   variables, apply = _init_apply(model, x)
+  # The head starts at zero, which would make every logit 0 and the check
+  # below unable to fail.
+  variables = _random_head(variables)
   batched = apply(variables, x)
+  assert np.abs(np.asarray(batched.logits)).max() > 0.1
   for b in (0, 5, 15):
     alone = apply(variables, x[b : b + 1])
     assert int(alone.metrics_B["tape_length"][0]) == int(
         batched.metrics_B["tape_length"][b]
     )
+    # Logits of size ~10: float reassociation between batch shapes moves
+    # them by ~1e-5; a leak between examples moves them by far more.
     np.testing.assert_allclose(
-        alone.logits[0], batched.logits[b], rtol=1e-5, atol=1e-6
+        alone.logits[0], batched.logits[b], rtol=1e-5, atol=1e-4
     )
   # A different batch around the same example changes nothing either.
   shuffled = apply(
       variables, np.concatenate([x[5:6], _parity_inputs(7, 32, 1)])
   )
   np.testing.assert_allclose(
-      shuffled.logits[0], batched.logits[5], rtol=1e-5, atol=1e-6
+      shuffled.logits[0], batched.logits[5], rtol=1e-5, atol=1e-4
   )
 
 
@@ -253,32 +259,6 @@ def test_query_noise_and_bank_dropout_act_only_in_training():
       noisy.apply(variables, x, train=False).logits,
       clean.apply(variables, x, train=False).logits,
   )
-
-
-def test_legacy_pooling_over_padded_tape_changes_outputs():
-  kwargs = dict(input_shape=(32, 3), num_classes=2)
-  fixed = models.build(_config("adatape", tape={}, stem="flatten"), **kwargs)
-  legacy = models.build(
-      _config(
-          "adatape", tape={}, stem="flatten", pool_include_padded_tape=True
-      ),
-      **kwargs,
-  )
-  x = _parity_inputs(16)
-  variables, _ = _init_apply(fixed, x)
-  variables = _random_head(variables)
-  out = fixed.apply(variables, x, train=False)
-  padded = np.asarray(out.metrics_B["tape_length"]) < 8
-  assert padded.any()
-  legacy_logits = np.asarray(legacy.apply(variables, x, train=False).logits)
-  # Examples with a full tape pool the same positions either way.
-  np.testing.assert_allclose(
-      legacy_logits[~padded],
-      np.asarray(out.logits)[~padded],
-      rtol=1e-5,
-      atol=1e-6,
-  )
-  assert not np.allclose(legacy_logits[padded], np.asarray(out.logits)[padded])
 
 
 def test_act_output_updates():

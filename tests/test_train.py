@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from adatape import analysis
 from adatape import assemble
 from adatape import losses
 from adatape import optim
@@ -305,3 +306,28 @@ def test_a_key_added_since_the_run_started_at_its_default_is_no_difference(
     json.dump(saved, f)
   with pytest.raises(run_config.ConfigError, match="model.dtype"):
     train.train_and_evaluate(_tiny(**{"model.dtype": "bfloat16"}), workdir)
+
+
+def test_a_removed_key_at_its_retired_meaning_still_resumes_and_loads(
+    tmp_path,
+):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny(), workdir)
+  # As written by code that still had model.pool_include_padded_tape.
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  saved["model"]["pool_include_padded_tape"] = False
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  assert train.train_and_evaluate(_tiny(), workdir)["steps"] == 6
+  loaded, step, _ = analysis.read_run(workdir)
+  assert step == 6 and "pool_include_padded_tape" not in loaded.model
+  # A run that used the removed feature is refused, naming the key.
+  saved["model"]["pool_include_padded_tape"] = True
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(
+      run_config.ConfigError, match="model.pool_include_padded_tape=True"
+  ):
+    analysis.read_run(workdir)

@@ -1,9 +1,10 @@
 """Adaptive Computation Modules (Wojcik et al. 2023, arXiv:2312.10193).
 
 Every block's MLP (width F) is replaced by K small learners of width F / K
-whose outputs are summed: h(z, k) = b + sum_{n <= k} s_n(z) for k >= 1 and
-h(z, 0) = 0 (the module is skipped), with s_n(z) = W2_n gelu(W1_n z + b1_n)
-and one shared output bias b. A per-token gate (Linear-GELU-Linear-GELU-
+whose outputs are summed: h(z, k) = sum_{n <= k} b_n + sum_{1 <= n <= k}
+s_n(z), with s_n(z) = W2_n gelu(W1_n z + b1_n) and one output bias b_n per
+choice, as the official code (choice 0 skips the learners and outputs b_0).
+A per-token gate (Linear-GELU-Linear-GELU-
 Linear; the code drop omits the nonlinearities, which makes it one linear
 map) picks k in {0..K}. All K learners run as one width-F matmul and a
 cumulative sum, so shapes are static; compute is reported for the chosen k.
@@ -15,14 +16,20 @@ starting from the previous one's checkpoint (`init_from`), with
             drives the residual stream; the learners regress its output,
             MSE averaged over k = 1..K (only `acm/learners` trainable).
   gates     the gate is trained with cross-entropy on labels from the
-            learners' errors e_k = |h(z, k) - y|: the smallest k with
-            e_k / e_{k+1} < `gate_error_factor` (else K) (only `acm/gate`).
+            learners' errors e_k = |h(z, k) - y| by the official rule
+            (`gate_labels`: j + 1 for the first j with e_j / e_{j+1} <
+            `gate_error_factor`, K when j = 0 or none) (only `acm/gate`).
   finetune  the learners replace the MLP, gated by a straight-through hard
             Gumbel-softmax sample in training and the argmax in evaluation;
             everything trains with the task loss plus the budget, entropy
             and diversity losses. The output is sum_k g_k h(z, k), so the
             task loss reaches the gates (the code drop uses only the argmax,
             and its gated loop runs one learner too few; both fixed here).
+
+One deviation is kept: only the blocks' MLPs become ACMs. The official
+code can also convert the attention projections (q, k, v, o; their
+minimum choice 1), which this module does not; its learner counts and
+FLOPs savings are therefore those of the MLPs alone.
 """
 
 import dataclasses
@@ -105,13 +112,15 @@ class Config(stems.ClassifierConfig):
 
 
 def gate_labels(errors_BxLxK1: jax.Array, factor: float) -> jax.Array:
-  """Smallest k with e_k / e_{k+1} < factor (adding learners stops paying
-  off), else K; errors over choices k = 0..K."""
+  """The official rule: with j the first choice whose next learner improves
+  the error by less than `factor` (e_j / e_{j+1} < factor), the label is
+  j + 1, and K when j = 0 or no choice qualifies (the official code takes
+  an argmax that cannot tell j = 0 from none). Labels therefore run over
+  2..K (and K for j = 0); errors over choices k = 0..K."""
   num_choices = errors_BxLxK1.shape[-1]
   ratio = errors_BxLxK1[..., :-1] / jnp.maximum(errors_BxLxK1[..., 1:], 1e-12)
-  enough = ratio < factor
-  first = jnp.argmax(enough, axis=-1)
-  return jnp.where(enough.any(-1), first, num_choices - 1)
+  first = jnp.argmax(ratio < factor, axis=-1)
+  return jnp.where(first == 0, num_choices - 1, first + 1)
 
 
 class Learners(nn.Module):
@@ -128,18 +137,21 @@ class Learners(nn.Module):
     w1 = self.param("w1", init, (d, k * hid)).reshape(d, k, hid)
     b1 = self.param("b1", nn.initializers.zeros, (k, hid))
     w2 = self.param("w2", init, (k * hid, d)).reshape(k, hid, d)
-    bias = self.param("bias", nn.initializers.zeros, (d,))
+    # One output bias per choice, as the official code: choice 0 (the
+    # module skipped) outputs b_0, choice k adds s_n + b_n for n <= k.
+    bias = self.param("bias", nn.initializers.zeros, (k + 1, d))
     dtype = z_BxLxD.dtype  # The model's computation dtype.
     a = nn.gelu(
         jnp.einsum("bld,dkh->blkh", z_BxLxD, w1.astype(dtype))
         + b1.astype(dtype)
     )
     s_BxLxKxD = jnp.einsum("blkh,khd->blkd", a, w2.astype(dtype))
-    total = jnp.cumsum(s_BxLxKxD, axis=2)
+    zero = jnp.zeros_like(s_BxLxKxD[:, :, :1])
+    s_BxLxK1xD = jnp.concatenate([zero, s_BxLxKxD], axis=2) + bias.astype(dtype)
+    total = jnp.cumsum(s_BxLxK1xD, axis=2)
     if self.detach == "detach":
-      total = jax.lax.stop_gradient(total - s_BxLxKxD) + s_BxLxKxD
-    zero = jnp.zeros_like(total[:, :, :1])
-    return jnp.concatenate([zero, total + bias.astype(dtype)], axis=2)
+      total = jax.lax.stop_gradient(total - s_BxLxK1xD) + s_BxLxK1xD
+    return total
 
 
 class Gate(nn.Module):

@@ -40,9 +40,6 @@ class Config(stems.ClassifierConfig):
     stem: default "flatten" (parity's single main token).
     posemb: default False (parity is permutation invariant).
     bank_patch_size: patch size of the input-driven image bank.
-    pool_include_padded_tape: average over all slots, padded ones included,
-      as the official code did (pooled features then depend on the
-      batch). For measurement only.
     bank_posemb: learned position embeddings on a sequence bank's entries
       (off for parity, which is permutation invariant; on for pointer-value
       retrieval, whose pointers are positions).
@@ -52,7 +49,6 @@ class Config(stems.ClassifierConfig):
   stem: str = "flatten"
   posemb: bool = False
   bank_patch_size: int = 8
-  pool_include_padded_tape: bool = False
   bank_posemb: bool = False
 
   def __post_init__(self):
@@ -176,11 +172,9 @@ def run_blocks(
 
 
 def logits_of(cfg: Config, s: Stream) -> jax.Array:
-  """Final LayerNorm, pooling over the real positions, head."""
-  pool_mask = (
-      jnp.ones_like(s.mask_BxL) if cfg.pool_include_padded_tape else s.mask_BxL
-  )
-  return cfg.classify(s.x_BxLxD, pool_mask)
+  """Final LayerNorm, pooling over the real positions (unread tape slots
+  left out, so an example's logits do not depend on its batch), head."""
+  return cfg.classify(s.x_BxLxD, s.mask_BxL)
 
 
 class Model(nn.Module):

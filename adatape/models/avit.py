@@ -15,11 +15,13 @@ its later block outputs are masked too (the ACM authors' fix of A-ViT#13:
 the official code lets projection biases leak into halted tokens).
 
 Losses: alpha_p * mean over tokens of (N + R), plus alpha_d * KL(target ||
-H), where H is the example's distribution of halting depth (its tokens'
-ACT weights per layer, averaged) and the target a normalised Gaussian
-(A-ViT) or Laplace (the AdaViT seed project) around `target_depth`. This
-fixes two official bugs: the mean over the batch axis instead of tokens
-(A-ViT#4) and the unnormalised target.
+H), where H is the example's distribution of halting scores over the
+layers (h^l, the mean halting score of its tokens at layer l, normalised
+over the layers, as in the paper and the official code) and the target a
+normalised Gaussian (A-ViT) or Laplace (the AdaViT seed project) around
+`target_depth` (`halting.halting_score_prior_loss`). This fixes two
+official bugs: the mean over the batch axis instead of tokens (A-ViT#4)
+and the unnormalised target.
 """
 
 import dataclasses
@@ -100,7 +102,8 @@ class Model(nn.Module):
     # Padding starts halted, so it never runs and never serves as a key.
     act = halting.init(x.shape[:2])._replace(halting=1.0 - valid)
     out_BxLxD = jnp.zeros(x.shape, jnp.float32)  # Accumulated in float32.
-    weights, flops_B = [], jnp.zeros(x.shape[:1], jnp.float32)
+    weights, scores = [], []
+    flops_B = jnp.zeros(x.shape[:1], jnp.float32)
     for layer in range(enc.depth):
       active_BxL = halting.running(act)
       x = x * jax.lax.stop_gradient(active_BxL)[..., None].astype(x.dtype)
@@ -113,6 +116,7 @@ class Model(nn.Module):
       score = nn.sigmoid(
           cfg.gate_scale * x[..., 0].astype(jnp.float32) - cfg.gate_center
       )
+      scores.append(score)
       act, weight_BxL = halting.step(
           act, score, epsilon=cfg.act_epsilon, is_last=layer == enc.depth - 1
       )
@@ -126,17 +130,11 @@ class Model(nn.Module):
     count_B = valid.sum(1)
     cost_B = (halting.ponder_cost(act) * valid).sum(1) / count_B
     depth_B = (act.updates * valid).sum(1) / count_B
-    # The example's halting-depth distribution: mean ACT weight per layer.
-    depth_dist_BxL = (
-        jnp.einsum("lbt,bt->bl", jnp.stack(weights), valid) / count_B[:, None]
-    )
     target_L = halting.depth_prior(
         cfg.distr_prior, enc.depth, cfg.target_depth, cfg.target_scale
     )
-    distr_B = jnp.sum(
-        target_L
-        * (jnp.log(target_L) - jnp.log(jnp.clip(depth_dist_BxL, 1e-6, 1.0))),
-        axis=-1,
+    distr_B = halting.halting_score_prior_loss(
+        jnp.stack(scores), valid, target_L
     )
     return outputs.ModelOutput(
         logits=logits,

@@ -8,6 +8,11 @@ weights. As in tensor2tensor, the next state is the block output for every
 token, halted or not (halted tokens keep serving as keys); only the output
 accumulator is frozen for them. The regulariser is the mean ponder cost
 N + R over valid tokens, weighted by `act_loss_weight`.
+
+The reported FLOPs are a lower bound: each step counts the queries of the
+tokens still running (against every key), as the ACT papers do, while the
+block as specified also updates the halted tokens, whose states keep
+serving as keys. They count what the halting decisions save at best.
 """
 
 import dataclasses
@@ -70,7 +75,8 @@ class Config(stems.ClassifierConfig):
     return encoder.EncoderBlock(self.encoder, name=name)
 
   def step_flops(self, tokens_B: jax.Array, keys_B: jax.Array) -> jax.Array:
-    """FLOPs of one step for `tokens_B` running tokens per example."""
+    """FLOPs of one step for `tokens_B` running tokens per example (a lower
+    bound: halted tokens' updates are not counted)."""
     enc = self.encoder
     return flops.block(enc.width, enc.mlp_dim, tokens_B, keys_B) + flops.dense(
         enc.width, 1, tokens_B

@@ -24,7 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = common.model(
       "adatape",
       bank_patch_size=4,
-      pool_include_padded_tape=False,
       bank_posemb=False,
   )
   c.tape = methods.tape(num_tokens=8, epsilon=2.0, key_split=common.HEADS)

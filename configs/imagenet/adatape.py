@@ -38,7 +38,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "adatape",
       args.variant,
       bank_patch_size=8,
-      pool_include_padded_tape=False,
       bank_posemb=False,
   )
   c.tape = methods.tape(

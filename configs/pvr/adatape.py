@@ -1,7 +1,7 @@
 r"""AdaTape on pointer-value retrieval.
 
 As on parity, the main input is one flattened token and the bank holds one
-embedding per input token (the hop token and the S values), here with
+embedding per input token (the S values and the hop markers), here with
 position embeddings, since the pointers are positions. The reader appends
 up to T = 4 of them (K = T / epsilon = 2 per step) before block 1 of
 DEPTH (4).
@@ -27,7 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       classifier="gap",
       posemb=False,
       head_bias_init=0.0,
-      pool_include_padded_tape=False,
       bank_posemb=True,
   )
   c.tape = methods.tape(num_tokens=4, epsilon=2.0, key_split=common.HEADS)

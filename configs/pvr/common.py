@@ -1,7 +1,8 @@
 """What every pointer-value-retrieval config shares: data, budget, size.
 
-The task (adatape/data/pvr.py): S values, a hop count h in token 0; follow
-h pointers from position 0 and name the value found. Training sees
+The task (adatape/data/pvr.py): S values, then the hop count h as h marker
+tokens; follow h pointers from position 0 (chains without cycles) and name
+the value found. Training sees
 h in 1..train_hops, the eval set 1..eval_hops, so eval asks for more hops
 than training did (the Hyper-UT paper's complexity axis). Fixed-depth
 models have `DEPTH` blocks; recurrent ones may take up to `MAX_STEPS`
@@ -47,4 +48,5 @@ def shrink(c: ml_collections.ConfigDict) -> None:
   """A run of seconds for tests: tiny model, data and schedule."""
   shared.shrink(c)
   c.data.seq_len = 6
+  c.data.eval_hops = 4  # seq_len >= eval_hops + 2.
   c.model.depth = min(c.model.depth, 4)
