@@ -121,13 +121,7 @@ def main(argv: list[str]) -> int:
   bucket_of = np.concatenate([o.bucket for o in outs])
   flops_read = np.concatenate([o.flops for o in outs])
   num_main = cfg.main_tokens()
-  entries = adatape_model.banks.bank_entries(
-      cfg.tape.bank,
-      stem=cfg.stem,
-      input_shape=cfg.input_shape,
-      bank_size=cfg.tape.bank_size,
-      bank_patch_size=cfg.bank_patch_size,
-  )
+  entries = adatape_model.bank_entries(cfg)
   full = adatape_model.computed_flops(cfg, num_main, entries)
   pairs, counts = np.unique(
       np.stack([lengths, bucket_of], 1), axis=0, return_counts=True

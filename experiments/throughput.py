@@ -51,6 +51,7 @@ from adatape import optim
 from adatape import run_config
 from adatape import storage
 from adatape import train
+from adatape.models import adatape as adatape_model
 from adatape.models import flops
 
 DEFAULT_SPECS = (
@@ -138,12 +139,14 @@ def forward_cost(
   analytic = (float(np.mean(flops_B)) + model.config.stem_head_flops()) / 1e9
   if tape_B is None:
     return ForwardCost(compiled, compile_s, static, None, 0.0, 0.0, analytic)
-  # The fixed reader reads every slot; the analytic count depends on the
-  # tape lengths only, so it is the full-tape count of this model.
-  fixed = ml_collections.ConfigDict(config.to_dict())
-  fixed.tape.adaptive = False
-  _, _, full_B = forward_of(fixed)(params, images[:1])
-  full = float(full_B[0]) / 1e9
+  # The analytic count of this model with every tape slot read.
+  cfg = model.config
+  full = (
+      adatape_model.computed_flops(
+          cfg, cfg.main_tokens(), adatape_model.bank_entries(cfg)
+      )
+      / 1e9
+  )
   return ForwardCost(
       compiled,
       compile_s,

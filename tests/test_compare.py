@@ -66,9 +66,10 @@ def test_table_has_every_requested_method_with_compute(compared):
   hops = _read(out + "_pvr_hops.csv")
   for method in ("transformer", "avit", "acm"):
     mine = [r for r in hops if r["method"] == method]
-    assert [int(r["hops"]) for r in mine] == [1, 2, 3, 4, 5, 6]
+    # The tiny PVR config trains on 1-3 hops and evaluates 1-4.
+    assert [int(r["hops"]) for r in mine] == [1, 2, 3, 4]
     assert sum(int(r["examples"]) for r in mine) == 40  # The tiny eval set.
-    assert [r["seen_in_training"] for r in mine] == ["True"] * 3 + ["False"] * 3
+    assert [r["seen_in_training"] for r in mine] == ["True"] * 3 + ["False"]
   assert os.path.getsize(out + "_pvr_hops.png") > 1000
 
 
@@ -124,7 +125,7 @@ def test_init_from_a_run_sharing_no_parameter_is_refused(tmp_path):
   config = pvr_transformer.get_config("tiny")
   config.model.width = 8  # Every shape differs.
   config.model.mlp_dim = 8
-  config.data.seq_len = 5
+  config.data.seq_len = 7
   config.init_from = str(tmp_path / "source")
   with pytest.raises(run_config.ConfigError, match="shares no parameter"):
     train.train_and_evaluate(config, str(tmp_path / "run"))

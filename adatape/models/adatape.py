@@ -262,6 +262,17 @@ def _block_flops(cfg: Config, num_main: int, mask_BxL: jax.Array) -> jax.Array:
   return total + flops.mlp(enc.width, enc.mlp_dim, tape_B)
 
 
+def bank_entries(cfg: Config) -> int:
+  """M, the number of entries of the model's bank."""
+  return banks.bank_entries(
+      cfg.tape.bank,
+      stem=cfg.stem,
+      input_shape=cfg.input_shape,
+      bank_size=cfg.tape.bank_size,
+      bank_patch_size=cfg.bank_patch_size,
+  )
+
+
 def computed_flops(
     cfg: Config,
     num_main: int,
