@@ -288,22 +288,29 @@ def test_losses_take_class_indices_multi_hot_and_soft_targets():
   )
 
 
+def _saved_config(workdir):
+  with open(os.path.join(workdir, "config.json")) as f:
+    return json.load(f)
+
+
+def _write_saved_config(workdir, saved):
+  """Rewrites a run's config.json, as older code would have written it."""
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
+
+
 def test_a_key_added_since_the_run_started_at_its_default_is_no_difference(
     tmp_path,
 ):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_tiny(), workdir)
   # As written by code from before `model.dtype` and `optim.mu_dtype`.
-  path = os.path.join(workdir, "config.json")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = _saved_config(workdir)
   del saved["model"]["dtype"], saved["optim"]["mu_dtype"]
-  with open(path, "w") as f:
-    json.dump(saved, f)
+  _write_saved_config(workdir, saved)
   assert train.train_and_evaluate(_tiny(), workdir)["steps"] == 6
   # At another value it is a difference.
-  with open(path, "w") as f:
-    json.dump(saved, f)
+  _write_saved_config(workdir, saved)
   with pytest.raises(run_config.ConfigError, match="model.dtype"):
     train.train_and_evaluate(_tiny(**{"model.dtype": "bfloat16"}), workdir)
 
@@ -314,19 +321,15 @@ def test_a_removed_key_at_its_retired_meaning_still_resumes_and_loads(
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_tiny(), workdir)
   # As written by code that still had model.pool_include_padded_tape.
-  path = os.path.join(workdir, "config.json")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = _saved_config(workdir)
   saved["model"]["pool_include_padded_tape"] = False
-  with open(path, "w") as f:
-    json.dump(saved, f)
+  _write_saved_config(workdir, saved)
   assert train.train_and_evaluate(_tiny(), workdir)["steps"] == 6
   loaded, step, _ = analysis.read_run(workdir)
   assert step == 6 and "pool_include_padded_tape" not in loaded.model
   # A run that used the removed feature is refused, naming the key.
   saved["model"]["pool_include_padded_tape"] = True
-  with open(path, "w") as f:
-    json.dump(saved, f)
+  _write_saved_config(workdir, saved)
   with pytest.raises(
       run_config.ConfigError, match="model.pool_include_padded_tape=True"
   ):

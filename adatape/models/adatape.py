@@ -60,13 +60,7 @@ class Config(stems.ClassifierConfig):
           f"model.bank_patch_size={self.bank_patch_size} must divide the "
           f"image size {self.input_shape[:2]}",
       )
-    entries = banks.bank_entries(
-        self.tape.bank,
-        stem=self.stem,
-        input_shape=self.input_shape,
-        bank_size=self.tape.bank_size,
-        bank_patch_size=self.bank_patch_size,
-    )
+    entries = bank_entries(self)
     what = (
         "tape.bank_size"
         if self.tape.bank == "learn"
