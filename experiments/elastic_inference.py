@@ -2,11 +2,16 @@ r"""Padded vs elastic inference of a trained AdaTape run: time and FLOPs.
 
   python -m experiments.elastic_inference --workdir=RUN [--batch=N] \
       [--buckets=2,4,6,8] [--epsilon=E] [--max_tokens=T] [--examples=N] \
-      [--repeats=R] [--out=FILE]
+      [--repeats=R] [--dtype=float32] [--out=FILE]
+  python -m experiments.elastic_inference \
+      --config=configs/imagenet/adatape.py --examples=128 --batch=32 ...
 
 Runs the run's checkpoint over its eval set (or the first --examples of
-it) three ways, in one process, interleaved, after a warm-up that
-compiles every shape:
+it), or with --config a randomly initialised model of that config over
+--examples random images (for models no run here has trained, such as
+AdaTape-S/16: the tape lengths are then those of the initial reader),
+three ways, in one process, interleaved, after a warm-up that compiles
+every shape:
   padded        today's padded execution: all T / p reading steps, then
                 every block on all T tape slots (tape.exit_early=False)
   padded+exit   the same, with the reading loop stopping once the batch
@@ -35,6 +40,7 @@ from adatape import analysis
 from adatape import assemble
 from adatape import checkpointing
 from adatape import elastic
+from adatape import models
 from adatape import run_config
 from adatape import storage
 from adatape.models import adatape as adatape_model
@@ -46,9 +52,38 @@ def _time(fn) -> float:
   return time.perf_counter() - begin
 
 
+def _random_init(config, padded_config, examples):
+  """A model of `config` at its initial parameters and random images of its
+  input shape (no dataset needed): (model, padded model, params, inputs)."""
+  size = config.data.get("image_size")
+  run_config.check(
+      bool(size),
+      "--config: random images need an image config (data.image_size); "
+      "train it and pass --workdir instead",
+  )
+  input_shape = (size, size, 3)
+  num_classes = config.data.get("num_classes") or 1000
+
+  def build(cfg):
+    return models.build(cfg, input_shape=input_shape, num_classes=num_classes)
+
+  model = build(config)
+  key = jax.random.key(config.get("seed", 0))
+  params = model.init(
+      {"params": key, "halting": key},
+      np.zeros((1,) + input_shape, np.float32),
+      train=False,
+  )["params"]
+  rng = np.random.default_rng(0)
+  inputs = rng.uniform(-1, 1, (examples,) + input_shape).astype(np.float32)
+  return model, build(padded_config), params, inputs
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="a trained AdaTape run")
+  source.add_argument("--config", help="config[:args] to initialise at random")
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--buckets", default="")
   parser.add_argument("--epsilon", type=float, default=0.0)
@@ -56,6 +91,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--examples", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--chunk", type=int, default=128)
+  parser.add_argument(
+      "--dtype", default="", help="model.dtype (default: the config's)"
+  )
   parser.add_argument("--out", default="", help="also write the report here")
   args = parser.parse_args(argv)
   lines = []
@@ -65,32 +103,44 @@ def main(argv: list[str]) -> int:
     lines.append(line)
 
   try:
-    config, step, params = analysis.read_run(args.workdir)
+    if args.workdir:
+      config, step, params = analysis.read_run(args.workdir)
+      what = f"run {args.workdir} (step {step})"
+    else:
+      config, params = run_config.load(args.config), None
+      what = f"config {args.config} (random init, random images)"
     config = ml_collections.ConfigDict(config.to_dict())
     run_config.check(
         config.model.name == "adatape",
-        f"--workdir={args.workdir} holds a {config.model.name!r} run; "
-        "elastic inference needs an AdaTape run",
+        f"{args.workdir or args.config} is a {config.model.name!r} model; "
+        "elastic inference needs AdaTape",
     )
     if args.epsilon:
       config.tape.epsilon = args.epsilon
     if args.max_tokens:
       config.tape.num_tokens = args.max_tokens
+    if args.dtype:
+      config.model.dtype = args.dtype
     padded_config = ml_collections.ConfigDict(config.to_dict())
     padded_config.tape.exit_early = False
-    run = assemble.prepare(config)
-    padded_run = assemble.prepare(padded_config)
+    if args.workdir:
+      run = assemble.prepare(config)
+      model, padded_model = run.model, assemble.prepare(padded_config).model
+      inputs = analysis.eval_inputs(run, args.examples)
+    else:
+      model, padded_model, params, inputs = _random_init(
+          config, padded_config, args.examples or args.batch
+      )
     buckets = elastic.parse_buckets(
         args.buckets
         or ",".join(map(str, elastic.default_buckets(config.tape.num_tokens))),
         config.tape.num_tokens,
     )
-    predictor = elastic.Predictor(run.model, params, buckets, chunk=args.chunk)
+    predictor = elastic.Predictor(model, params, buckets, chunk=args.chunk)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  inputs = analysis.eval_inputs(run, args.examples)
   batches = [
       inputs[i : i + args.batch] for i in range(0, len(inputs), args.batch)
   ]
@@ -102,7 +152,7 @@ def main(argv: list[str]) -> int:
         lambda p, x: model.apply({"params": p}, x, train=False).logits
     )
 
-  padded, exiting = forward(padded_run.model), forward(run.model)
+  padded, exiting = forward(padded_model), forward(model)
   runners = {
       "padded": lambda: [padded(params, b) for b in batches],
       "padded+exit": lambda: [exiting(params, b) for b in batches],
@@ -116,7 +166,7 @@ def main(argv: list[str]) -> int:
     for name, run_fn in runners.items():
       times[name].append(_time(run_fn))
 
-  cfg = run.model.config
+  cfg = model.config
   lengths = np.concatenate([o.tape_length for o in outs])
   bucket_of = np.concatenate([o.bucket for o in outs])
   flops_read = np.concatenate([o.flops for o in outs])
@@ -139,8 +189,8 @@ def main(argv: list[str]) -> int:
   report(f"# python -m experiments.elastic_inference {shlex.join(argv)}")
   device = jax.devices()[0]
   report(
-      f"run {args.workdir} (step {step}); device {device.device_kind}; "
-      f"{used} eval examples in batches of {args.batch}; median of "
+      f"{what}; device {device.device_kind}; "
+      f"{used} examples in batches of {args.batch}; median of "
       f"{args.repeats}; T={cfg.tape.num_tokens}, epsilon={cfg.tape.epsilon}"
   )
   report(

@@ -149,3 +149,35 @@ def test_models_it_cannot_run_are_refused(setup):
     elastic.Predictor(_model(layers=(1, 2)), params)
   with pytest.raises(run_config.ConfigError, match="chunk=0 must be >= 1"):
     elastic.Predictor(_model(), params, chunk=0)
+
+
+def test_the_script_times_a_random_init_image_model_and_refuses_others(
+    capsys,
+):
+  from experiments import elastic_inference  # pylint: disable=g-import-not-at-top
+
+  code = elastic_inference.main(
+      [
+          "--config=configs/digits/adatape.py:tiny",
+          "--examples=8",
+          "--batch=4",
+          "--repeats=1",
+          "--chunk=4",
+          "--dtype=float32",
+      ]
+  )
+  out = capsys.readouterr().out.strip().splitlines()
+  assert code == 0, out
+  assert "random init" in out[1] and "8 examples in batches of 4" in out[1]
+  for mode in ("padded ", "padded+exit ", "elastic "):
+    assert any(line.startswith(mode) for line in out), mode
+  last = out[-1].split()
+  assert last[0] == "realized" and last[-2] == "theoretical", out[-1]
+  # Not AdaTape, or not an image model: one line on stderr, exit 2.
+  for config, message in (
+      ("configs/digits/vit.py:tiny", "elastic inference needs AdaTape"),
+      ("configs/parity/adatape.py:tiny", "need an image config"),
+  ):
+    assert elastic_inference.main([f"--config={config}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

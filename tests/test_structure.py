@@ -141,3 +141,13 @@ def test_config_files_load_by_path_with_args():
     run_config.sweep_points("configs/parity/transformer.py")
   with pytest.raises(run_config.ConfigError, match="defines no get_config"):
     run_config.load("configs/methods.py")
+
+
+def test_demo_seeds_measures_the_config_make_demo_runs():
+  from experiments import demo_seeds  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(REPO, "Makefile")) as f:
+    lines = [l for l in f if l.startswith("DEMO_CONFIG ?=")]
+  assert len(lines) == 1
+  assert lines[0].split("?=", 1)[1].strip() == demo_seeds.CONFIG
+  assert run_config.load(demo_seeds.CONFIG).data.seq_len == 16
