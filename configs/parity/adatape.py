@@ -10,7 +10,7 @@ Run (2-core CPU):
 Other lengths: --config=configs/parity/adatape.py:seq_len=64
 
 Measured (2-core CPU, this config, 12000 steps of batch 128, 5 seeds;
-experiments/results/demo_seeds.md): final eval accuracy 99.76-99.98%,
+experiments/results/parity32_seeds.md): final eval accuracy 99.76-99.98%,
 first eval >= 99.5% at step 4000-9000 (84-186 s of perf/train_time_s),
 232-245 s per run; mean tape length 6.86-7.27 of 8.
 """
