@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/parity_adatape
-# Parity at length 16 for 3000 steps: a run of well under a minute on a
+# Parity at length 16 for 3000 steps: a run of about a minute on a
 # 2-core CPU that the Transformer of the same size cannot learn (README).
 DEMO_CONFIG ?= configs/parity/adatape.py:seq_len=16,steps=3000
 LINTED := adatape configs experiments launch tests
@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(PY) -m adatape.main --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 tests
 
 # pyink (Google's formatter: 2-space indents, 80 columns; pyproject.toml)
 # must leave every file unchanged, and pylint (.pylintrc) find nothing.

@@ -14,8 +14,6 @@ from configs.parity import adatape as adatape_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# Its users share one xdist group: under `make test` (--dist loadgroup) the
-# run is built once, not once per worker.
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("budget") / "run")
@@ -25,7 +23,6 @@ def run_dir(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.xdist_group("budget_run")
 def test_budget_points_follow_the_threshold(run_dir, capsys):
   rows = budget.evaluate_budgets(run_dir, [2.0, 4.0, 1.0], [2, 4])
   out = capsys.readouterr().out
@@ -46,7 +43,6 @@ def test_budget_points_follow_the_threshold(run_dir, capsys):
     assert r["examples_per_s"] > 0 and r["eval/gflops"] > 0
 
 
-@pytest.mark.xdist_group("budget_run")
 def test_cli_writes_table_csv_and_plot(run_dir):
   result = subprocess.run(
       [
@@ -88,7 +84,6 @@ def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
   assert "holds no run (no config.json)" in result.stderr
 
 
-@pytest.mark.xdist_group("budget_run")
 def test_budget_reads_and_writes_a_workdir_on_a_bucket(run_dir, monkeypatch):
   """The in-memory filesystem stands in for gs://: the config is read and
   budget.md/csv/png written there. (Orbax reads the checkpoint itself, from

@@ -30,8 +30,6 @@ def _run(args):
   )
 
 
-# Its users share one xdist group: under `make test` (--dist loadgroup) the
-# run is built once, not once per worker.
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
   """Runs the comparison on tiny PVR runs once for the module."""
@@ -58,7 +56,6 @@ def _read(path):
     return list(csv.DictReader(f))
 
 
-@pytest.mark.xdist_group("compare_run")
 def test_table_has_every_requested_method_with_compute(compared):
   _, out = compared
   rows = _read(out + ".csv")
@@ -76,7 +73,6 @@ def test_table_has_every_requested_method_with_compute(compared):
   assert os.path.getsize(out + "_pvr_hops.png") > 1000
 
 
-@pytest.mark.xdist_group("compare_run")
 def test_acm_distillation_starts_from_the_teacher_and_trains_only_learners(
     compared,
 ):
@@ -101,7 +97,6 @@ def test_acm_distillation_starts_from_the_teacher_and_trains_only_learners(
   )
 
 
-@pytest.mark.xdist_group("compare_run")
 def test_depth_map_png_and_refusal_for_models_without_depth(compared):
   root, _ = compared
   proc = _run(["-m", "experiments.depth_map", f"--workdir={root / 'pvr_avit'}"])

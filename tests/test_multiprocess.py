@@ -64,8 +64,6 @@ def _launch_pair(workdir, args, port):
   ]
 
 
-# Its users share one xdist group: under `make test` (--dist loadgroup) the
-# run is built once, not once per worker.
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
   """A run of two processes (one device each) through jax.distributed."""
@@ -77,7 +75,6 @@ def two_processes(tmp_path_factory):
   return workdir, outputs
 
 
-@pytest.mark.xdist_group("two_process_run")
 def test_two_processes_match_one_process_with_two_devices(
     tmp_path, two_processes
 ):
@@ -108,7 +105,6 @@ def test_two_processes_match_one_process_with_two_devices(
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.xdist_group("two_process_run")
 def test_sigterm_to_two_processes_saves_at_one_step_and_resumes_exactly(
     tmp_path, two_processes
 ):
