@@ -24,8 +24,11 @@ $(VENV)/.installed: setup.py | check-python
 demo: $(VENV)/.installed
 	$(PY) -m adatape.main --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
 
+# --dist loadfile keeps each test module on one worker, so a module's
+# fixtures (a trained run shared by its tests) are built once, not once per
+# worker (the xdist_group marks cannot do that under pytest 9).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # pyink (Google's formatter: 2-space indents, 80 columns; pyproject.toml)
 # must leave every file unchanged, and pylint (.pylintrc) find nothing.
