@@ -10,6 +10,7 @@ import pytest
 
 from adatape import run_config
 from adatape import tape
+from adatape.tape import reader
 
 CFG = tape.TapeConfig(num_tokens=10, epsilon=2.0, key_split=1)
 
@@ -250,3 +251,56 @@ def test_early_exit_reads_the_same_tape(tokens_per_step):
   )
   # ...and reported as such.
   assert np.all(np.asarray(early.weights_BxSxK[:, steps_run:]) == 0)
+
+
+@pytest.mark.parametrize("entries", [8, 32])
+def test_rank_top_k_is_lax_top_k(entries):
+  """Small banks select by rank: the same values, indices (ties to the
+  lower index, -inf entries last) and gradients as `lax.top_k`."""
+  rng = np.random.default_rng(5)
+  scores = np.round(rng.normal(size=(16, entries)), 1).astype(np.float32)
+  scores[:, ::5] = -np.inf  # Entries already read.
+  scores[0] = 0.5  # A row of ties.
+  scores = jnp.asarray(scores)
+  assert entries <= reader.RANK_TOP_K_MAX_ENTRIES
+  values, index = reader.top_k(scores, 4)
+  want_values, want_index = jax.lax.top_k(scores, 4)
+  np.testing.assert_array_equal(index, want_index)
+  np.testing.assert_array_equal(values, want_values)
+  weights = jnp.arange(1.0, 5.0)
+  grad = jax.grad(lambda s: (reader.top_k(s, 4)[0] * weights).sum())
+  want = jax.grad(lambda s: (jax.lax.top_k(s, 4)[0] * weights).sum())
+  np.testing.assert_array_equal(grad(scores), want(scores))
+
+
+def test_reading_a_small_bank_by_rank_equals_the_sorting_top_k(monkeypatch):
+  """A whole read of a 32-entry bank (with bank dropout) and its gradients
+  are the same whichever top-k selects the candidates."""
+  cfg = tape.TapeConfig(num_tokens=8, epsilon=2.0, key_split=4)
+  query, bank = _random(batch=6, bank=32, width=16, seed=7)
+  dropped = np.random.default_rng(8).random((6, 32)) < 0.2
+
+  def read(q, b):
+    out = tape.read_tape(q, b, cfg, jnp.asarray(dropped))
+    return out, (out.tokens_BxTxD.sum(-1) * jnp.arange(8)).sum() + (
+        out.loss_B.sum()
+    )
+
+  def run():
+    out, _ = jax.jit(read)(query, bank)
+    grads = jax.jit(jax.grad(lambda q, b: read(q, b)[1], (0, 1)))(query, bank)
+    return out, grads
+
+  by_rank, rank_grads = run()
+  monkeypatch.setattr(reader, "RANK_TOP_K_MAX_ENTRIES", 0)
+  by_sort, sort_grads = run()
+  for name in ("indices_BxSxK", "mask_BxT", "length_B"):
+    np.testing.assert_array_equal(
+        getattr(by_rank, name), getattr(by_sort, name)
+    )
+  for name in ("tokens_BxTxD", "weights_BxSxK", "loss_B"):
+    np.testing.assert_allclose(
+        getattr(by_rank, name), getattr(by_sort, name), atol=1e-6
+    )
+  for got, want in zip(rank_grads, sort_grads):
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -29,6 +29,9 @@ from adatape.tape import config as tape_config
 # instead of producing NaNs.
 _DROPPED_PENALTY = 1e9
 
+# Banks of up to this many entries pick their top-K by rank (`top_k`).
+RANK_TOP_K_MAX_ENTRIES = 32
+
 
 class TapeReadout(NamedTuple):
   """What one tape read returns.
@@ -70,6 +73,35 @@ def _gather_rows(bank: jax.Array, indices_BxK: jax.Array) -> jax.Array:
   return jnp.take_along_axis(bank, indices_BxK[..., None], axis=1)
 
 
+def top_k(scores_BxM: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`lax.top_k` (values descending, ties to the lower index) of each row.
+
+  For a small bank it selects by rank instead: an entry's rank is how many
+  entries beat it (a larger score, or an equal one at a lower index), and
+  the entries of ranks 0..k-1 are the top k in order. That is M^2 compares
+  per example, all in one fused op, where XLA's CPU top-k is a sort
+  (a library call) in each reading step; past `RANK_TOP_K_MAX_ENTRIES`
+  entries the sort is the cheaper (`experiments/reader_ops.py`).
+  Same values, indices and gradients (into the selected scores) as
+  `lax.top_k`.
+  """
+  entries = scores_BxM.shape[-1]
+  if entries > RANK_TOP_K_MAX_ENTRIES:
+    return jax.lax.top_k(scores_BxM, k)
+  position_M = jnp.arange(entries)
+  a_BxMx1 = scores_BxM[:, :, None]
+  b_Bx1xM = scores_BxM[:, None, :]
+  beats_BxMxM = (b_Bx1xM > a_BxMx1) | (
+      (b_Bx1xM == a_BxMx1) & (position_M[None, None, :] < position_M[:, None])
+  )
+  rank_BxM = jnp.sum(beats_BxMxM, axis=-1, dtype=jnp.int32)
+  is_rank_BxKxM = rank_BxM[:, None, :] == jnp.arange(k)[None, :, None]
+  index_BxK = jnp.sum(
+      jnp.where(is_rank_BxKxM, position_M, 0), axis=-1, dtype=jnp.int32
+  )
+  return jnp.take_along_axis(scores_BxM, index_BxK, axis=1), index_BxK
+
+
 def _group_matrix(num_candidates: int, tokens_per_step: int) -> np.ndarray:
   """[p, K] 0/1 matrix dealing candidates round-robin into p groups.
 
@@ -96,7 +128,9 @@ def _merge(
       _group_matrix(weights_BxK.shape[-1], tokens_per_step)
   )
   grouped_BxPxK = groups_PxK[None] * weights_BxK[:, None, :]
-  grouped_BxPxK = grouped_BxPxK / grouped_BxPxK.sum(-1, keepdims=True)
+  # A step never run has zero weights: its tokens are zero, not 0 / 0.
+  total_BxPx1 = grouped_BxPxK.sum(-1, keepdims=True)
+  grouped_BxPxK = grouped_BxPxK / jnp.where(total_BxPx1 > 0, total_BxPx1, 1.0)
   return jnp.einsum("bpk,bkd->bpd", grouped_BxPxK, cand_BxKxD)
 
 
@@ -148,31 +182,29 @@ def read_tape(
           masked_BxM - _DROPPED_PENALTY,
           masked_BxM,
       )
-    top_BxK, index_BxK = jax.lax.top_k(masked_BxM, num_cand)
+    top_BxK, index_BxK = top_k(masked_BxM, num_cand)
     if config.legacy_flat_gather:
       # Official behaviour: a gather on the flattened [B*M] scores with
       # indices < M, i.e. every example reads row 0.
       top_BxK = jnp.take(scores_BxM.reshape(-1), index_BxK)
     weight_BxK = jax.nn.softmax(top_BxK * scale, axis=-1)
-    cand_BxKxD = _gather_rows(bank, index_BxK)
-    tokens_BxPxD = _merge(weight_BxK, cand_BxKxD, p)
+    # Only the keys feed the next step; the values are merged after the
+    # loop, for all steps at once.
     read_key_BxDk = jnp.einsum(
-        "bk,bkd->bd", weight_BxK, cand_BxKxD[..., :key_dim]
+        "bk,bkd->bd", weight_BxK, _gather_rows(keys, index_BxK)
     )
     if config.complex_query:
       query_BxDk = 0.5 * (carry.query_BxDk + read_key_BxDk)
     else:
       query_BxDk = read_key_BxDk
-    used_BxM = carry.used_BxM.at[jnp.arange(batch)[:, None], index_BxK].set(
-        True
-    )
+    read_BxKxM = index_BxK[..., None] == jnp.arange(num_bank)
+    used_BxM = carry.used_BxM | jnp.any(read_BxKxM, axis=1)
     increment_B = jnp.sum(weight_BxK[:, :p], axis=-1)
     new_carry = _Carry(query_BxDk, carry.halting_B + increment_B, used_BxM)
-    return new_carry, (tokens_BxPxD, index_BxK, weight_BxK, carry.halting_B)
+    return new_carry, (index_BxK, weight_BxK, carry.halting_B)
 
   def skip(carry: _Carry, _):
     zeros = (
-        jnp.zeros((batch, p, width), jnp.float32),
         jnp.zeros((batch, num_cand), jnp.int32),
         jnp.zeros((batch, num_cand), jnp.float32),
         carry.halting_B,
@@ -189,12 +221,12 @@ def read_tape(
       used_BxM=jnp.zeros((batch, num_bank), bool),
   )
   if exit_early:
-    tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB = _read_while(
-        step, init, eps, config.num_steps, (batch, p, width), num_cand
+    index_SxBxK, weight_SxBxK, before_SxB = _read_while(
+        step, init, eps, config.num_steps, batch, num_cand
     )
   else:
     body = maybe_step if config.early_stop else step
-    _, (tokens_SxBxPxD, index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
+    _, (index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
         body, init, None, length=config.num_steps
     )
 
@@ -211,9 +243,16 @@ def read_tape(
   loss_B = jnp.sum(step_loss_SxB * running_SxB, axis=0)
   steps_B = jnp.sum(running_SxB, axis=0, dtype=jnp.int32)
 
-  tokens_BxTxD = jnp.moveaxis(tokens_SxBxPxD, 0, 1).reshape(
-      batch, config.num_tokens, width
+  # Every step's p tokens, merged from its K candidates' values at once.
+  index_BxSxK = jnp.moveaxis(index_SxBxK, 0, 1)
+  weight_BxSxK = jnp.moveaxis(weight_SxBxK, 0, 1)
+  steps = config.num_steps
+  cand_BSxKxD = _gather_rows(bank, index_BxSxK.reshape(batch, -1)).reshape(
+      batch * steps, num_cand, width
   )
+  tokens_BxTxD = _merge(
+      weight_BxSxK.reshape(batch * steps, num_cand), cand_BSxKxD, p
+  ).reshape(batch, config.num_tokens, width)
   length_B = steps_B * p
   mask_BxT = jnp.arange(config.num_tokens)[None, :] < length_B[:, None]
   # Zero the slots past each example's length (officially left as they
@@ -225,19 +264,17 @@ def read_tape(
       mask_BxT=mask_BxT,
       length_B=length_B,
       loss_B=loss_B,
-      indices_BxSxK=jnp.moveaxis(index_SxBxK, 0, 1),
-      weights_BxSxK=jnp.moveaxis(weight_SxBxK, 0, 1),
+      indices_BxSxK=index_BxSxK,
+      weights_BxSxK=weight_BxSxK,
   )
 
 
-def _read_while(step, init: _Carry, eps, num_steps: int, token_shape, num_cand):
+def _read_while(step, init: _Carry, eps, num_steps: int, batch, num_cand):
   """`step` while some example is still reading, into [S, ...] buffers.
 
   The halting sum of a step never run is +inf: no example runs there.
   """
-  batch = token_shape[0]
   buffers = (
-      jnp.zeros((num_steps,) + token_shape, jnp.float32),
       jnp.zeros((num_steps, batch, num_cand), jnp.int32),
       jnp.zeros((num_steps, batch, num_cand), jnp.float32),
       jnp.full((num_steps, batch), jnp.inf, jnp.float32),
