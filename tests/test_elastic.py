@@ -169,7 +169,7 @@ def test_the_script_times_a_random_init_image_model_and_refuses_others(
   out = capsys.readouterr().out.strip().splitlines()
   assert code == 0, out
   assert "random init" in out[1] and "8 examples in batches of 4" in out[1]
-  for mode in ("padded ", "padded+exit ", "elastic "):
+  for mode in ("padded ", "padded/chunk ", "padded+exit ", "elastic "):
     assert any(line.startswith(mode) for line in out), mode
   last = out[-1].split()
   assert last[0] == "realized" and last[-2] == "theoretical", out[-1]
