@@ -24,6 +24,15 @@ token attends to and pooling skips, so each example's logits equal the
 padded run's up to float reassociation (tests/test_elastic.py). It runs on
 one device (the first), for models with one tape (`tape.layers` of one
 block), the AdaTape default.
+
+`HaltingPredictor` does the same for A-ViT's token halting, at every
+layer: the examples are sorted by their number of running tokens and cut
+into chunks; in each chunk every example's running tokens are gathered to
+its front and the block runs on the smallest token budget (e.g. L/4, L/2,
+3L/4, L) that holds the chunk's largest count, or not at all once every
+token of the chunk has halted. Halted tokens are zero and
+no running token attends to them, so the logits equal the padded run's
+(tests/test_elastic.py).
 """
 
 import dataclasses
@@ -37,6 +46,8 @@ import numpy as np
 
 from adatape import run_config
 from adatape.models import adatape
+from adatape.models import avit
+from adatape.models import encoder
 
 
 def default_buckets(num_tokens: int) -> tuple[int, ...]:
@@ -45,32 +56,37 @@ def default_buckets(num_tokens: int) -> tuple[int, ...]:
 
 
 def parse_buckets(
-    spec: str | Sequence[int], num_tokens: int, what: str = "--buckets"
+    spec: str | Sequence[int],
+    num_tokens: int,
+    what: str = "--buckets",
+    unit: str = "tape lengths",
+    total: str = "T",
 ) -> tuple[int, ...]:
-  """Bucket tape lengths from `2,4,6,8` (or a sequence); they must be
-  integers in [1, T] and cover T (the longest tape must fit one)."""
+  """Bucket sizes from `2,4,6,8` (or a sequence): integers in [1, T] that
+  cover T (the longest tape must fit one). A-ViT's token budgets pass
+  `unit` and `total` (L, the token count) for their messages."""
+  example = ",".join(map(str, default_buckets(num_tokens)))
   if isinstance(spec, str):
     items = [s.strip() for s in spec.split(",") if s.strip()]
     try:
       values = [int(s) for s in items]
     except ValueError:
       raise run_config.ConfigError(
-          f"{what}={spec!r} must be comma-separated tape lengths, e.g. "
-          f"{','.join(map(str, default_buckets(num_tokens)))}"
+          f"{what}={spec!r} must be comma-separated {unit}, e.g. {example}"
       ) from None
   else:
     values = [int(v) for v in spec]
   run_config.check(
       bool(values),
-      f"{what} is empty; give tape lengths ending at T={num_tokens}, e.g. "
-      f"{','.join(map(str, default_buckets(num_tokens)))}",
+      f"{what} is empty; give {unit} ending at {total}={num_tokens}, e.g. "
+      f"{example}",
   )
   buckets = tuple(sorted(set(values)))
   run_config.check(
       buckets[0] >= 1 and buckets[-1] == num_tokens,
-      f"{what}={','.join(map(str, values))} must be tape lengths in [1, "
-      f"{num_tokens}] whose largest is T={num_tokens} (every tape must fit "
-      "a bucket)",
+      f"{what}={','.join(map(str, values))} must be {unit} in [1, "
+      f"{num_tokens}] whose largest is {total}={num_tokens} (every "
+      f"{'tape' if total == 'T' else 'layer'} must fit a bucket)",
   )
   return buckets
 
@@ -237,5 +253,169 @@ class Predictor:
         logits=np.asarray(logits, np.float32),
         tape_length=np.asarray(lengths),
         bucket=np.asarray(bucket),
+        flops=np.asarray(flops, np.float32),
+    )
+
+
+class HaltingOutput(NamedTuple):
+  """Per example, in the input order."""
+
+  logits: np.ndarray  # [B, C]
+  layers_used: np.ndarray  # [B]: mean layers per token, as the model's.
+  budget: np.ndarray  # [B, depth]: tokens each layer ran the example with.
+  flops: np.ndarray  # [B]: analytic FLOPs of the running tokens.
+
+
+class _Classify(nn.Module):
+  """The model's final LayerNorm, pooling and head (same parameters)."""
+
+  config: avit.Config
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+    return self.config.classify(x_BxLxD, mask_BxL)
+
+
+def compacted_block(
+    run: Any,
+    budgets: Sequence[int],
+    x_BxLxD: jax.Array,
+    active_BxL: jax.Array,
+    chunk: int,
+) -> tuple[jax.Array, jax.Array]:
+  """`run(x_CxKxD, mask_CxK)` (a block) on the running tokens only.
+
+  The examples are sorted by their number of running tokens and cut into
+  chunks of `chunk`; in each, every example's running tokens are gathered,
+  in order, to the front, and the block runs on the first k, the smallest
+  of `budgets` holding the chunk's largest count (nothing at all when no
+  token of the chunk runs). The outputs go back to their examples and
+  positions; every other position is zero, as a halted token's is.
+  Returns the block output [B, L, D] and each example's k [B].
+  """
+  batch = x_BxLxD.shape[0]
+  sizes = (0,) + tuple(budgets)
+  count_B = jnp.sum(active_BxL > 0, axis=1)
+  order, size_index = schedule(count_B, sizes, chunk)
+  num_chunks = size_index.shape[0]
+  chunk = order.shape[0] // num_chunks
+  # Per example, its running tokens first (in order), then the halted.
+  tokens_BxL = jnp.argsort(active_BxL <= 0, axis=1, stable=True)
+
+  def chunks(a):
+    return a[order].reshape((num_chunks, chunk) + a.shape[1:])
+
+  def branch(size):
+    def compute(x_CxLxD, active_CxL, tokens_CxL):
+      if size == 0:
+        return jnp.zeros_like(x_CxLxD)
+      keep_CxK = tokens_CxL[:, :size]
+      y_CxKxD = run(
+          jnp.take_along_axis(x_CxLxD, keep_CxK[..., None], axis=1),
+          jnp.take_along_axis(active_CxL, keep_CxK, axis=1) > 0,
+      )
+      rows_Cx1 = jnp.arange(chunk)[:, None]
+      return jnp.zeros_like(x_CxLxD).at[rows_Cx1, keep_CxK].set(y_CxKxD)
+
+    return compute
+
+  branches = [branch(k) for k in sizes]
+  y_NxCxLxD = jax.lax.map(
+      lambda a: jax.lax.switch(a[0], branches, *a[1:]),
+      (size_index, chunks(x_BxLxD), chunks(active_BxL), chunks(tokens_BxL)),
+  )
+  size_N = jnp.asarray(sizes)[size_index]
+  order = order[:batch]
+
+  def unsort(a):
+    flat = a.reshape((num_chunks * chunk,) + a.shape[2:])[:batch]
+    return jnp.zeros_like(flat).at[order].set(flat)
+
+  return unsort(y_NxCxLxD), unsort(jnp.repeat(size_N[:, None], chunk, axis=1))
+
+
+@dataclasses.dataclass
+class HaltingPredictor:
+  """`HaltingPredictor(model, params)(inputs)`: A-ViT inference on the
+  tokens still running.
+
+  Attributes:
+    model: an A-ViT model (`models.build(...)` of `model.name=avit`).
+    params: its parameters.
+    budgets: token counts a layer may run with (default: L/4, L/2, 3L/4,
+      L of the L stem tokens); the largest must be L.
+    chunk: examples per chunk: at each layer the examples are sorted by
+      their running tokens and each chunk runs at one budget. Smaller
+      chunks waste less at budget boundaries; larger ones loop less.
+  """
+
+  model: Any
+  params: Any
+  budgets: Sequence[int] | None = None
+  chunk: int = 128
+
+  def __post_init__(self):
+    cfg = self.model.config
+    run_config.check(
+        isinstance(cfg, avit.Config),
+        "halting elastic execution needs an A-ViT model (model.name=avit)",
+    )
+    run_config.check(
+        self.chunk >= 1, f"elastic chunk={self.chunk} must be >= 1"
+    )
+    tokens = cfg.main_tokens()
+    self.budgets = parse_buckets(
+        self.budgets or default_buckets(tokens),
+        tokens,
+        "--budgets",
+        unit="token counts",
+        total="L",
+    )
+    self._device = jax.devices()[0]
+    self._params = jax.device_put(self.params, self._device)
+    self._run = jax.jit(self._forward)
+
+  def _forward(self, params, inputs):
+    cfg = self.model.config
+    enc = cfg.encoder
+    x = cfg.make_stem().apply({"params": params["stem"]}, inputs, train=False)
+    valid_BxL = jnp.ones(x.shape[:2], bool)
+    block = encoder.EncoderBlock(enc)
+    budgets = []
+
+    def run_block(layer, x_BxLxD, active_BxL):
+      variables = {"params": params[f"encoderblock_{layer}"]}
+
+      def run(x_CxKxD, mask_CxK):
+        return block.apply(
+            variables,
+            x_CxKxD,
+            mask_CxK,
+            num_main=x_CxKxD.shape[1],
+            train=False,
+        )
+
+      y, budget_B = compacted_block(
+          run, self.budgets, x_BxLxD, active_BxL, min(self.chunk, len(x))
+      )
+      budgets.append(budget_B)
+      return y
+
+    halted = avit.halting_layers(cfg, x, valid_BxL, run_block)
+    logits = _Classify(cfg).apply(
+        {"params": params}, halted.out_BxLxD, valid_BxL
+    )
+    depth_B = halted.act.updates.mean(1)
+    return logits, depth_B, jnp.stack(budgets, axis=1), halted.flops_B
+
+  def __call__(self, inputs: Any) -> HaltingOutput:
+    inputs = jax.device_put(jnp.asarray(inputs), self._device)
+    logits, depth, budget, flops = jax.device_get(
+        self._run(self._params, inputs)
+    )
+    return HaltingOutput(
+        logits=np.asarray(logits, np.float32),
+        layers_used=np.asarray(depth, np.float32),
+        budget=np.asarray(budget),
         flops=np.asarray(flops, np.float32),
     )

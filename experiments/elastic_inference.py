@@ -52,10 +52,47 @@ from adatape import storage
 from adatape.models import adatape as adatape_model
 
 
-def _time(fn) -> float:
-  begin = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - begin
+def split(inputs, batch: int) -> list:
+  """Whole batches of `batch` (or the one short batch there is)."""
+  batches = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
+  return [b for b in batches if len(b) == batch] or batches[:1]
+
+
+def forward(model):
+  """The model's jitted inference logits."""
+  return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).logits)
+
+
+def forward_in_chunks(model, chunk: int):
+  """The same, on `chunk` examples at a time in one compiled loop (the
+  batch padded to whole chunks with copies of its last example, as the
+  elastic predictors do)."""
+
+  def run(p, x):
+    batch = x.shape[0]
+    num = -(-batch // chunk)
+    x = jnp.concatenate([x, jnp.repeat(x[-1:], num * chunk - batch, 0)])
+    logits = jax.lax.map(
+        lambda c: model.apply({"params": p}, c, train=False).logits,
+        x.reshape((num, chunk) + x.shape[1:]),
+    )
+    return logits.reshape((num * chunk,) + logits.shape[2:])[:batch]
+
+  return jax.jit(run)
+
+
+def median_times(runners: dict, repeats: int) -> dict[str, float]:
+  """Median seconds of each runner, after a warm-up call of each, in
+  interleaved rounds (so drift hits all alike)."""
+  for run_fn in runners.values():
+    jax.block_until_ready(run_fn())
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run_fn in runners.items():
+      begin = time.perf_counter()
+      jax.block_until_ready(run_fn())
+      times[name].append(time.perf_counter() - begin)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _random_init(config, padded_config, examples):
@@ -147,48 +184,20 @@ def main(argv: list[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  batches = [
-      inputs[i : i + args.batch] for i in range(0, len(inputs), args.batch)
-  ]
-  batches = [b for b in batches if len(b) == args.batch] or batches[:1]
+  batches = split(inputs, args.batch)
   used = sum(len(b) for b in batches)
-
-  def forward(model):
-    return jax.jit(
-        lambda p, x: model.apply({"params": p}, x, train=False).logits
-    )
-
-  def forward_in_chunks(model, chunk):
-    """The model on `chunk` examples at a time (the batch padded to whole
-    chunks with copies of its last example, as elastic does)."""
-
-    def run(p, x):
-      batch = x.shape[0]
-      num = -(-batch // chunk)
-      x = jnp.concatenate([x, jnp.repeat(x[-1:], num * chunk - batch, 0)])
-      logits = jax.lax.map(
-          lambda c: model.apply({"params": p}, c, train=False).logits,
-          x.reshape((num, chunk) + x.shape[1:]),
-      )
-      return logits.reshape((num * chunk,) + logits.shape[2:])[:batch]
-
-    return jax.jit(run)
-
   padded, exiting = forward(padded_model), forward(model)
   padded_chunks = forward_in_chunks(padded_model, min(args.chunk, args.batch))
-  runners = {
-      "padded": lambda: [padded(params, b) for b in batches],
-      "padded/chunk": lambda: [padded_chunks(params, b) for b in batches],
-      "padded+exit": lambda: [exiting(params, b) for b in batches],
-      "elastic": lambda: [predictor(b).logits for b in batches],
-  }
-  outs = [predictor(b) for b in batches]  # Warm-up: compiles every shape.
-  for run_fn in runners.values():
-    run_fn()
-  times = {name: [] for name in runners}
-  for _ in range(args.repeats):
-    for name, run_fn in runners.items():
-      times[name].append(_time(run_fn))
+  outs = [predictor(b) for b in batches]  # Compiles every bucket shape.
+  medians = median_times(
+      {
+          "padded": lambda: [padded(params, b) for b in batches],
+          "padded/chunk": lambda: [padded_chunks(params, b) for b in batches],
+          "padded+exit": lambda: [exiting(params, b) for b in batches],
+          "elastic": lambda: [predictor(b).logits for b in batches],
+      },
+      args.repeats,
+  )
 
   cfg = model.config
   lengths = np.concatenate([o.tape_length for o in outs])
@@ -222,7 +231,6 @@ def main(argv: list[str]) -> int:
       f"{lengths.max()}; buckets {buckets}: "
       + ", ".join(f"{b}: {int((bucket_of == b).sum())}" for b in buckets)
   )
-  medians = {k: statistics.median(v) for k, v in times.items()}
   for name, seconds in medians.items():
     report(f"{name:<12} {seconds * 1e3:9.1f} ms  {used / seconds:10.0f} ex/s")
   against = {

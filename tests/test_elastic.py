@@ -181,3 +181,128 @@ def test_the_script_times_a_random_init_image_model_and_refuses_others(
     assert elastic_inference.main([f"--config={config}"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+# A-ViT: each layer on the running tokens only (`HaltingPredictor`).
+
+
+def _avit():
+  c = ml_collections.ConfigDict()
+  c.model = dict(
+      name="avit",
+      width=32,
+      depth=4,
+      num_heads=4,
+      mlp_dim=64,
+      stem="sequence",
+      # Halting scores sigmoid(10 x0 + 5) of random states: tokens halt
+      # after different layers, some after the first.
+      gate_scale=10.0,
+      gate_center=-5.0,
+  )
+  return models.build(c, input_shape=(16, 3), num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def avit_setup():
+  """A random-init A-ViT, 48 inputs, and their padded run."""
+  model = _avit()
+  rng = np.random.default_rng(1)
+  x = np.asarray(jax.nn.one_hot(rng.integers(0, 3, (48, 16)), 3))
+  params = jax.jit(lambda k, x: model.init(k, x, train=False))(
+      jax.random.key(3), x[:1]
+  )["params"]
+  padded = _padded(model, params, x)
+  depth = np.asarray(padded.token_depth_BxL)
+  # The fixture is only a test of compaction if tokens halt unevenly.
+  assert depth.min() == 1 and depth.max() > 1, np.unique(depth)
+  return model, params, x, padded
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 48])
+def test_compacted_a_vit_equals_the_padded_run_per_example(avit_setup, chunk):
+  model, params, x, padded = avit_setup
+  out = elastic.HaltingPredictor(model, params, (2, 4, 8, 12, 16), chunk)(x)
+  np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
+  np.testing.assert_allclose(out.flops, padded.flops_B, rtol=1e-6)
+  np.testing.assert_allclose(
+      out.layers_used, padded.metrics_B["layers_used"], rtol=1e-6
+  )
+  # Each layer ran every example with room for its running tokens, and
+  # some layers ran shorter than L = 16.
+  running_BxD = (
+      np.asarray(padded.token_depth_BxL)[:, None, :]
+      > np.arange(4)[None, :, None]
+  )
+  assert np.all(out.budget >= running_BxD.sum(-1))
+  assert np.any(out.budget < 16)
+
+
+def test_compacted_a_vit_uniform_batch_and_batch_of_one(avit_setup):
+  model, params, x, _ = avit_setup
+  predictor = elastic.HaltingPredictor(model, params, chunk=4)
+  same = np.repeat(x[:1], 5, axis=0)
+  out = predictor(same)
+  np.testing.assert_allclose(
+      out.logits, _padded(model, params, same).logits, atol=TOLERANCE
+  )
+  assert np.all(out.budget == out.budget[:1])  # One schedule for all.
+  one = predictor(x[1:2])
+  np.testing.assert_allclose(
+      one.logits, _padded(model, params, x[1:2]).logits, atol=TOLERANCE
+  )
+
+
+def test_compacted_block_runs_each_running_token_once():
+  """A block that adds 1: running tokens get x + 1 at their positions,
+  halted ones outside the chunk's budget 0; a chunk with no running token
+  runs nothing."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(6, 8, 2)), jnp.float32)
+  active = np.zeros((6, 8), np.float32)
+  active[0, [1, 5]] = 1  # 2 running tokens, out of order with halted ones.
+  active[1, :3] = 1
+  active[2, [0, 2, 4, 6, 7]] = 1
+  active[3, :] = 1  # Examples 4 and 5 have halted altogether.
+  calls = []
+
+  def run(x_CxKxD, mask_CxK):
+    calls.append(x_CxKxD.shape)
+    return x_CxKxD + 1.0
+
+  y, budget = elastic.compacted_block(
+      run, (2, 4, 8), x, jnp.asarray(active), chunk=2
+  )
+  y, budget = np.asarray(y), np.asarray(budget)
+  on = active > 0
+  np.testing.assert_allclose(y[on], np.asarray(x)[on] + 1.0)
+  # Sorted by count (0, 0 | 2, 3 | 5, 8): budgets 0, 4 and 8.
+  np.testing.assert_array_equal(budget, [4, 4, 8, 8, 0, 0])
+  assert np.all(y[4:] == 0)
+  # Outside each example's budget window, nothing was written.
+  for b, k in enumerate(budget):
+    order = np.argsort(~on[b], kind="stable")
+    assert np.all(y[b, order[k:]] == 0)
+  assert {s[1] for s in calls} <= {2, 4, 8}
+
+
+def test_bad_budgets_and_models_are_refused(avit_setup, setup):
+  model, params, _, _ = avit_setup
+  with pytest.raises(run_config.ConfigError) as raised:
+    elastic.HaltingPredictor(model, params, "4,8")
+  assert str(raised.value).startswith(
+      "--budgets=4,8 must be token counts in [1, 16] whose largest is L=16"
+  )
+  adatape_model, adatape_params, _ = setup
+  with pytest.raises(run_config.ConfigError, match="needs an A-ViT model"):
+    elastic.HaltingPredictor(adatape_model, adatape_params)
+
+
+def test_halting_script_refuses_a_missing_run(tmp_path, capsys):
+  from experiments import halting_inference  # pylint: disable=g-import-not-at-top
+
+  missing = str(tmp_path / "no_run")
+  assert halting_inference.main([f"--workdir={missing}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and missing in err, err
+  assert len(err.splitlines()) == 1

@@ -25,6 +25,7 @@ and the unnormalised target.
 """
 
 import dataclasses
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -87,6 +88,57 @@ class Config(stems.ClassifierConfig):
     )
 
 
+class Halted(NamedTuple):
+  """What the L halting layers leave (`halting_layers`)."""
+
+  out_BxLxD: jax.Array  # Halting-weighted mean of each token's states.
+  act: halting.ActState
+  scores: list[jax.Array]  # Per layer, [B, L] halting scores.
+  weights: list[jax.Array]  # Per layer, [B, L] output weights.
+  flops_B: jax.Array  # Analytic FLOPs of the blocks, running tokens only.
+
+
+def halting_layers(
+    cfg: Config,
+    x_BxLxD: jax.Array,
+    valid_BxL: jax.Array,
+    run_block: Callable[[int, jax.Array, jax.Array], jax.Array],
+) -> Halted:
+  """The L blocks with per-token halting, each block run by
+  `run_block(layer, x_BxLxD, active_BxL)`: the model's runs it on every
+  token (halted ones masked), elastic inference (`adatape/elastic.py`) on
+  the running tokens only. A halted token is zero and masked, so both give
+  the same result."""
+  enc = cfg.encoder
+  # Padding starts halted, so it never runs and never serves as a key.
+  act = halting.init(x_BxLxD.shape[:2])._replace(
+      halting=1.0 - valid_BxL.astype(jnp.float32)
+  )
+  out_BxLxD = jnp.zeros(x_BxLxD.shape, jnp.float32)  # Accumulated in f32.
+  weights, scores = [], []
+  flops_B = jnp.zeros(x_BxLxD.shape[:1], jnp.float32)
+  x = x_BxLxD
+  for layer in range(enc.depth):
+    active_BxL = halting.running(act)
+    x = x * jax.lax.stop_gradient(active_BxL)[..., None].astype(x.dtype)
+    y = run_block(layer, x, active_BxL)
+    x = y * active_BxL[..., None].astype(y.dtype)
+    count_B = active_BxL.sum(1)
+    flops_B += flops.block(enc.width, enc.mlp_dim, count_B)
+    score = nn.sigmoid(
+        cfg.gate_scale * x[..., 0].astype(jnp.float32) - cfg.gate_center
+    )
+    scores.append(score)
+    act, weight_BxL = halting.step(
+        act, score, epsilon=cfg.act_epsilon, is_last=layer == enc.depth - 1
+    )
+    out_BxLxD = halting.accumulate(
+        out_BxLxD, x.astype(jnp.float32), weight_BxL[..., None], "accumulated"
+    )
+    weights.append(weight_BxL)
+  return Halted(out_BxLxD, act, scores, weights, flops_B)
+
+
 class Model(nn.Module):
   """Stem -> L blocks with per-token halting -> LN -> pool -> head."""
 
@@ -99,31 +151,16 @@ class Model(nn.Module):
     x = cfg.make_stem()(inputs, train=train)
     valid_BxL = jnp.ones(x.shape[:2], bool)
     valid = valid_BxL.astype(jnp.float32)
-    # Padding starts halted, so it never runs and never serves as a key.
-    act = halting.init(x.shape[:2])._replace(halting=1.0 - valid)
-    out_BxLxD = jnp.zeros(x.shape, jnp.float32)  # Accumulated in float32.
-    weights, scores = [], []
-    flops_B = jnp.zeros(x.shape[:1], jnp.float32)
-    for layer in range(enc.depth):
-      active_BxL = halting.running(act)
-      x = x * jax.lax.stop_gradient(active_BxL)[..., None].astype(x.dtype)
-      y = encoder.EncoderBlock(enc, name=f"encoderblock_{layer}")(
+
+    def run_block(layer, x, active_BxL):
+      return encoder.EncoderBlock(enc, name=f"encoderblock_{layer}")(
           x, active_BxL > 0, num_main=x.shape[1], train=train
       )
-      x = y * active_BxL[..., None].astype(y.dtype)
-      count_B = active_BxL.sum(1)
-      flops_B += flops.block(enc.width, enc.mlp_dim, count_B)
-      score = nn.sigmoid(
-          cfg.gate_scale * x[..., 0].astype(jnp.float32) - cfg.gate_center
-      )
-      scores.append(score)
-      act, weight_BxL = halting.step(
-          act, score, epsilon=cfg.act_epsilon, is_last=layer == enc.depth - 1
-      )
-      out_BxLxD = halting.accumulate(
-          out_BxLxD, x.astype(jnp.float32), weight_BxL[..., None], "accumulated"
-      )
-      weights.append(weight_BxL)
+
+    out_BxLxD, act, scores, weights, flops_B = halting_layers(
+        cfg, x, valid_BxL, run_block
+    )
+    for weight_BxL in weights:
       self.sow("intermediates", "halting_weights", weight_BxL)
     logits = cfg.classify(out_BxLxD, valid_BxL)
 
