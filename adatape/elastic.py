@@ -85,8 +85,8 @@ def parse_buckets(
   run_config.check(
       buckets[0] >= 1 and buckets[-1] == num_tokens,
       f"{what}={','.join(map(str, values))} must be {unit} in [1, "
-      f"{num_tokens}] whose largest is {total}={num_tokens} (every "
-      f"{'tape' if total == 'T' else 'layer'} must fit a bucket)",
+      f"{num_tokens}] whose largest is {total}={num_tokens} (the longest "
+      "must fit a bucket)",
   )
   return buckets
 
@@ -149,6 +149,62 @@ def schedule(
   return order, bucket_index
 
 
+def switch_per_chunk(
+    key_B: jax.Array,
+    sizes: Sequence[int],
+    chunk: int,
+    branches: Sequence[Any],
+    operands: tuple[jax.Array, ...],
+) -> tuple[Any, jax.Array]:
+  """`branches[i](*chunk_operands)` per chunk of the batch sorted by
+  `key_B`, with i the smallest size holding the chunk's largest key
+  (`schedule`). Returns the branch outputs per example, in the input order
+  (the padding rows dropped), and the size each example ran with."""
+  batch = key_B.shape[0]
+  order, index_N = schedule(key_B, sizes, chunk)
+  num_chunks = index_N.shape[0]
+  outs = jax.lax.map(
+      lambda a: jax.lax.switch(a[0], branches, *a[1]),
+      (
+          index_N,
+          tuple(
+              o[order].reshape((num_chunks, chunk) + o.shape[1:])
+              for o in operands
+          ),
+      ),
+  )
+  size_NxC = jnp.repeat(jnp.asarray(sizes)[index_N][:, None], chunk, axis=1)
+  order = order[:batch]
+
+  def unsort(a):
+    flat = a.reshape((num_chunks * chunk,) + a.shape[2:])[:batch]
+    return jnp.zeros_like(flat).at[order].set(flat)
+
+  return jax.tree.map(unsort, outs), unsort(size_NxC)
+
+
+def _first_device(params: Any, chunk: int) -> tuple[Any, Any]:
+  """The device elastic execution runs on, and `params` put there."""
+  run_config.check(chunk >= 1, f"elastic chunk={chunk} must be >= 1")
+  # One device: the batch is split into chunks, not over a mesh.
+  device = jax.devices()[0]
+  if jax.device_count() > 1:
+    logging.warning(
+        "elastic execution runs on one device (%s) of %d; it does not "
+        "shard the batch over a data-parallel mesh",
+        device,
+        jax.device_count(),
+    )
+  return device, jax.device_put(params, device)
+
+
+def _run_on(device: Any, run: Any, params: Any, inputs: Any) -> Any:
+  """`run(params, inputs)` on `device`, its outputs fetched to the host."""
+  return jax.device_get(
+      run(params, jax.device_put(jnp.asarray(inputs), device))
+  )
+
+
 @dataclasses.dataclass
 class Predictor:
   """`Predictor(model, params)(inputs)`: AdaTape inference per bucket.
@@ -181,39 +237,18 @@ class Predictor:
         cfg.tape.adaptive,
         "elastic execution needs the adaptive reader (tape.adaptive=True)",
     )
-    run_config.check(
-        self.chunk >= 1, f"elastic chunk={self.chunk} must be >= 1"
-    )
     self.buckets = parse_buckets(
         self.buckets or default_buckets(cfg.tape.num_tokens),
         cfg.tape.num_tokens,
     )
-    # One device: the batch is split into chunks, not over a mesh.
-    device = jax.devices()[0]
-    if jax.device_count() > 1:
-      logging.warning(
-          "elastic execution runs on one device (%s) of %d; it does not "
-          "shard the batch over a data-parallel mesh",
-          device,
-          jax.device_count(),
-      )
-    self._device = device
-    self._params = jax.device_put(self.params, device)
+    self._device, self._params = _first_device(self.params, self.chunk)
     self._run = jax.jit(self._forward)
 
   def _forward(self, params, inputs):
     cfg = self.model.config
     variables = {"params": params}
     x_BxLxD, mask_BxL, length_B, flops_B = _Prefix(cfg).apply(variables, inputs)
-    batch = x_BxLxD.shape[0]
     num_main = x_BxLxD.shape[1] - cfg.tape.num_tokens
-    chunk = min(self.chunk, batch)
-    order, bucket_index = schedule(length_B, self.buckets, chunk)
-    num_chunks = bucket_index.shape[0]
-
-    def chunks(a):
-      return a[order].reshape((num_chunks, chunk) + a.shape[1:])
-
     suffix = _Suffix(cfg, num_main)
 
     def branch(bucket):
@@ -224,30 +259,18 @@ class Predictor:
 
       return run
 
-    branches = [branch(b) for b in self.buckets]
-    logits, flops = jax.lax.map(
-        lambda a: jax.lax.switch(a[0], branches, *a[1:]),
-        (bucket_index, chunks(x_BxLxD), chunks(mask_BxL), chunks(flops_B)),
-    )
-    bucket = jnp.repeat(jnp.asarray(self.buckets)[bucket_index], chunk)
-    # Back to the input order; the padding rows (copies) are dropped.
-    order = order[:batch]
-
-    def unsort(a):
-      flat = a.reshape((num_chunks * chunk,) + a.shape[2:])[:batch]
-      return jnp.zeros_like(flat).at[order].set(flat)
-
-    return (
-        unsort(logits),
+    (logits, flops), bucket = switch_per_chunk(
         length_B,
-        unsort(bucket.reshape(num_chunks, chunk)),
-        unsort(flops),
+        self.buckets,
+        min(self.chunk, x_BxLxD.shape[0]),
+        [branch(b) for b in self.buckets],
+        (x_BxLxD, mask_BxL, flops_B),
     )
+    return logits, length_B, bucket, flops
 
   def __call__(self, inputs: Any) -> ElasticOutput:
-    inputs = jax.device_put(jnp.asarray(inputs), self._device)
-    logits, lengths, bucket, flops = jax.device_get(
-        self._run(self._params, inputs)
+    logits, lengths, bucket, flops = _run_on(
+        self._device, self._run, self._params, inputs
     )
     return ElasticOutput(
         logits=np.asarray(logits, np.float32),
@@ -293,17 +316,9 @@ def compacted_block(
   positions; every other position is zero, as a halted token's is.
   Returns the block output [B, L, D] and each example's k [B].
   """
-  batch = x_BxLxD.shape[0]
   sizes = (0,) + tuple(budgets)
-  count_B = jnp.sum(active_BxL > 0, axis=1)
-  order, size_index = schedule(count_B, sizes, chunk)
-  num_chunks = size_index.shape[0]
-  chunk = order.shape[0] // num_chunks
   # Per example, its running tokens first (in order), then the halted.
   tokens_BxL = jnp.argsort(active_BxL <= 0, axis=1, stable=True)
-
-  def chunks(a):
-    return a[order].reshape((num_chunks, chunk) + a.shape[1:])
 
   def branch(size):
     def compute(x_CxLxD, active_CxL, tokens_CxL):
@@ -314,24 +329,18 @@ def compacted_block(
           jnp.take_along_axis(x_CxLxD, keep_CxK[..., None], axis=1),
           jnp.take_along_axis(active_CxL, keep_CxK, axis=1) > 0,
       )
-      rows_Cx1 = jnp.arange(chunk)[:, None]
+      rows_Cx1 = jnp.arange(x_CxLxD.shape[0])[:, None]
       return jnp.zeros_like(x_CxLxD).at[rows_Cx1, keep_CxK].set(y_CxKxD)
 
     return compute
 
-  branches = [branch(k) for k in sizes]
-  y_NxCxLxD = jax.lax.map(
-      lambda a: jax.lax.switch(a[0], branches, *a[1:]),
-      (size_index, chunks(x_BxLxD), chunks(active_BxL), chunks(tokens_BxL)),
+  return switch_per_chunk(
+      jnp.sum(active_BxL > 0, axis=1),
+      sizes,
+      chunk,
+      [branch(k) for k in sizes],
+      (x_BxLxD, active_BxL, tokens_BxL),
   )
-  size_N = jnp.asarray(sizes)[size_index]
-  order = order[:batch]
-
-  def unsort(a):
-    flat = a.reshape((num_chunks * chunk,) + a.shape[2:])[:batch]
-    return jnp.zeros_like(flat).at[order].set(flat)
-
-  return unsort(y_NxCxLxD), unsort(jnp.repeat(size_N[:, None], chunk, axis=1))
 
 
 @dataclasses.dataclass
@@ -360,9 +369,6 @@ class HaltingPredictor:
         isinstance(cfg, avit.Config),
         "halting elastic execution needs an A-ViT model (model.name=avit)",
     )
-    run_config.check(
-        self.chunk >= 1, f"elastic chunk={self.chunk} must be >= 1"
-    )
     tokens = cfg.main_tokens()
     self.budgets = parse_buckets(
         self.budgets or default_buckets(tokens),
@@ -371,8 +377,7 @@ class HaltingPredictor:
         unit="token counts",
         total="L",
     )
-    self._device = jax.devices()[0]
-    self._params = jax.device_put(self.params, self._device)
+    self._device, self._params = _first_device(self.params, self.chunk)
     self._run = jax.jit(self._forward)
 
   def _forward(self, params, inputs):
@@ -409,9 +414,8 @@ class HaltingPredictor:
     return logits, depth_B, jnp.stack(budgets, axis=1), halted.flops_B
 
   def __call__(self, inputs: Any) -> HaltingOutput:
-    inputs = jax.device_put(jnp.asarray(inputs), self._device)
-    logits, depth, budget, flops = jax.device_get(
-        self._run(self._params, inputs)
+    logits, depth, budget, flops = _run_on(
+        self._device, self._run, self._params, inputs
     )
     return HaltingOutput(
         logits=np.asarray(logits, np.float32),

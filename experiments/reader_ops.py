@@ -14,10 +14,9 @@ is a large share of an inference pass although its FLOPs are not
 """
 
 import argparse
+import functools
 import shlex
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,19 +25,7 @@ import numpy as np
 from adatape import storage
 from adatape import tape
 from adatape.tape import reader
-
-
-def _median_ms(fns: dict, args: tuple, repeats: int) -> dict[str, float]:
-  """Median wall time of each jitted fn, in interleaved rounds."""
-  for fn in fns.values():
-    jax.block_until_ready(fn(*args))
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      begin = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - begin)
-  return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+from experiments import elastic_inference
 
 
 def _read_with(limit: int, cfg: tape.TapeConfig):
@@ -87,8 +74,12 @@ def main(argv: list[str]) -> int:
     bank = jnp.asarray(
         rng.normal(size=(args.batch, entries, args.width)), jnp.float32
     )
-    fns = {"rank": _read_with(entries, cfg), "lax": _read_with(0, cfg)}
-    ms = _median_ms(fns, (query, bank), args.repeats)
+    reads = {"rank": _read_with(entries, cfg), "lax": _read_with(0, cfg)}
+    seconds = elastic_inference.median_times(
+        {k: functools.partial(f, query, bank) for k, f in reads.items()},
+        args.repeats,
+    )
+    ms = {k: v * 1e3 for k, v in seconds.items()}
     report(
         f"{entries:>5} {ms['rank']:8.2f} {ms['lax']:8.2f} "
         f"{ms['rank'] / ms['lax']:9.2f}"

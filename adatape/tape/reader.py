@@ -197,8 +197,9 @@ def read_tape(
       query_BxDk = 0.5 * (carry.query_BxDk + read_key_BxDk)
     else:
       query_BxDk = read_key_BxDk
-    read_BxKxM = index_BxK[..., None] == jnp.arange(num_bank)
-    used_BxM = carry.used_BxM | jnp.any(read_BxKxM, axis=1)
+    used_BxM = carry.used_BxM.at[jnp.arange(batch)[:, None], index_BxK].set(
+        True
+    )
     increment_B = jnp.sum(weight_BxK[:, :p], axis=-1)
     new_carry = _Carry(query_BxDk, carry.halting_B + increment_B, used_BxM)
     return new_carry, (index_BxK, weight_BxK, carry.halting_B)
