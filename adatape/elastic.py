@@ -19,6 +19,14 @@ Sorting puts equal lengths together, so only a chunk that straddles two
 buckets runs some examples at a longer length than their own bucket. The
 `bucket` of each example in the output is the length it ran with.
 
+The default buckets are FLOP-proportional, but on a real device time does
+not fall in step with tokens (on the 2-core CPU a chunk of 64 digits
+examples took 2.39 ms at 17 tokens and 2.80 ms at 24; README). With
+`buckets="tuned"` the predictor times the blocks after the tape on one
+chunk at every tape length on its own device and keeps the lengths that
+run faster than every longer one (`fastest_buckets`): each chunk then
+runs at the cheapest length that holds it.
+
 Cutting only removes tape slots an example did not read, which no real
 token attends to and pooling skips, so each example's logits equal the
 padded run's up to float reassociation (tests/test_elastic.py). It runs on
@@ -36,7 +44,9 @@ no running token attends to them, so the logits equal the padded run's
 """
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+import statistics
+import time
+from typing import Any, Callable, NamedTuple, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -91,7 +101,39 @@ def parse_buckets(
   return buckets
 
 
-class _Prefix(nn.Module):
+def median_times(
+    runners: dict[Any, Callable[[], Any]], repeats: int
+) -> dict[Any, float]:
+  """Median seconds of each runner, after a warm-up call of each, in
+  interleaved rounds (so drift hits all alike)."""
+  for run_fn in runners.values():
+    jax.block_until_ready(run_fn())
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run_fn in runners.items():
+      begin = time.perf_counter()
+      jax.block_until_ready(run_fn())
+      times[name].append(time.perf_counter() - begin)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def fastest_buckets(seconds: dict[int, float]) -> tuple[int, ...]:
+  """From the time of the blocks after the tape at each tape length 1..T:
+  the lengths that run faster than every longer one (T always). A chunk
+  whose longest tape is L then takes the cheapest length >= L there is."""
+  kept, best = [], float("inf")
+  for length in sorted(seconds, reverse=True):
+    if seconds[length] < best:
+      kept.append(length)
+      best = seconds[length]
+  return tuple(sorted(kept))
+
+
+# `buckets="tuned"` times the blocks after the tape on this many chunks.
+TUNING_CHUNKS = 4
+
+
+class Prefix(nn.Module):
   """Everything up to and including the tape, on the whole batch."""
 
   config: adatape.Config
@@ -121,6 +163,41 @@ class _Suffix(nn.Module):
         cfg, s, layer, cfg.encoder.depth, train=False, read_first_tape=False
     )
     return adatape.logits_of(cfg, s), s.flops_B
+
+
+def suffix_runners(
+    model: Any, params: Any, chunk: int, batch: int
+) -> dict[int, Callable[[], Any]]:
+  """Per tape length 1..T, a call of the blocks after the tape (and the
+  head) on `batch` examples, `chunk` at a time in one compiled loop as
+  `Predictor` runs them, on its device: what each bucket costs there
+  (`median_times` times them)."""
+  cfg = model.config
+  num_main, width = cfg.main_tokens(), cfg.encoder.width
+  device, params = _first_device(params, chunk)
+  num_chunks = -(-batch // chunk)
+
+  def run(p, x, mask, flops):
+    return jax.lax.map(
+        lambda a: _Suffix(cfg, num_main).apply({"params": p}, *a),
+        (x, mask, flops),
+    )
+
+  run = jax.jit(run)
+  rng = np.random.default_rng(0)
+  runners = {}
+  for length in range(1, cfg.tape.num_tokens + 1):
+    shape = (num_chunks, chunk, num_main + length)
+    operands = jax.device_put(
+        (
+            rng.normal(size=shape + (width,)).astype(cfg.encoder.compute_dtype),
+            np.ones(shape, bool),
+            np.zeros(shape[:2], np.float32),
+        ),
+        device,
+    )
+    runners[length] = lambda o=operands: run(params, *o)
+  return runners
 
 
 class ElasticOutput(NamedTuple):
@@ -183,6 +260,21 @@ def switch_per_chunk(
   return jax.tree.map(unsort, outs), unsort(size_NxC)
 
 
+def map_in_groups(fn: Callable[[jax.Array], Any], x: jax.Array, size: int):
+  """`fn` on `size` examples of `x` at a time, in one compiled loop, the
+  outputs concatenated: `x` is filled up to whole groups with copies of
+  its last example, whose outputs are dropped. One group: `fn(x)`."""
+  batch = x.shape[0]
+  if size >= batch:
+    return fn(x)
+  num = -(-batch // size)
+  x = jnp.concatenate([x, jnp.repeat(x[-1:], num * size - batch, 0)])
+  outs = jax.lax.map(fn, x.reshape((num, size) + x.shape[1:]))
+  return jax.tree.map(
+      lambda a: a.reshape((num * size,) + a.shape[2:])[:batch], outs
+  )
+
+
 def _first_device(params: Any, chunk: int) -> tuple[Any, Any]:
   """The device elastic execution runs on, and `params` put there."""
   run_config.check(chunk >= 1, f"elastic chunk={chunk} must be >= 1")
@@ -212,15 +304,28 @@ class Predictor:
   Attributes:
     model: an AdaTape model (`models.build(...)` of `model.name=adatape`).
     params: its parameters.
-    buckets: bucket tape lengths (default: T/4, T/2, 3T/4, T).
+    buckets: bucket tape lengths (default: T/4, T/2, 3T/4, T), or "tuned":
+      measured on this device (`suffix_runners`, `fastest_buckets`), which
+      takes a compile and `tune_repeats` timings per tape length.
     chunk: examples per chunk: each chunk runs at one bucket length. Smaller
       chunks waste less at bucket boundaries; larger ones loop less.
+    group: examples per group (0: the whole batch). A batch larger than a
+      group is run a group at a time (the last one filled up with copies
+      of the last example), the prefix and then the sorted chunks of each
+      group, so that a group's tapes are still in cache when its blocks
+      after the tape read them; sorting sees only the group.
+    tune_repeats: timing rounds when `buckets="tuned"`.
+    seconds: with "tuned", the measured time per tape length of the blocks
+      after the tape on `TUNING_CHUNKS` chunks.
   """
 
   model: Any
   params: Any
-  buckets: Sequence[int] | None = None
+  buckets: Sequence[int] | str | None = None
   chunk: int = 128
+  group: int = 0
+  tune_repeats: int = 7
+  seconds: dict[int, float] | None = None
 
   def __post_init__(self):
     cfg = self.model.config
@@ -237,6 +342,17 @@ class Predictor:
         cfg.tape.adaptive,
         "elastic execution needs the adaptive reader (tape.adaptive=True)",
     )
+    run_config.check(
+        self.group >= 0, f"elastic group={self.group} must be >= 0"
+    )
+    if self.buckets == "tuned":
+      self.seconds = median_times(
+          suffix_runners(
+              self.model, self.params, self.chunk, TUNING_CHUNKS * self.chunk
+          ),
+          self.tune_repeats,
+      )
+      self.buckets = fastest_buckets(self.seconds)
     self.buckets = parse_buckets(
         self.buckets or default_buckets(cfg.tape.num_tokens),
         cfg.tape.num_tokens,
@@ -245,9 +361,16 @@ class Predictor:
     self._run = jax.jit(self._forward)
 
   def _forward(self, params, inputs):
+    return map_in_groups(
+        lambda x: self._forward_group(params, x),
+        inputs,
+        self.group or inputs.shape[0],
+    )
+
+  def _forward_group(self, params, inputs):
     cfg = self.model.config
     variables = {"params": params}
-    x_BxLxD, mask_BxL, length_B, flops_B = _Prefix(cfg).apply(variables, inputs)
+    x_BxLxD, mask_BxL, length_B, flops_B = Prefix(cfg).apply(variables, inputs)
     num_main = x_BxLxD.shape[1] - cfg.tape.num_tokens
     suffix = _Suffix(cfg, num_main)
 

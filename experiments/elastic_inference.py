@@ -1,8 +1,9 @@
 r"""Padded vs elastic inference of a trained AdaTape run: time and FLOPs.
 
   python -m experiments.elastic_inference --workdir=RUN [--batch=N] \
-      [--buckets=2,4,6,8] [--epsilon=E] [--max_tokens=T] [--examples=N] \
-      [--repeats=R] [--dtype=float32] [--out=FILE]
+      [--buckets=2,4,6,8|tuned] [--chunk=C] [--group=G] [--epsilon=E] \
+      [--max_tokens=T] [--examples=N] [--repeats=R] [--dtype=float32] \
+      [--out=FILE]
   python -m experiments.elastic_inference \
       --config=configs/imagenet/adatape.py --examples=128 --batch=32 ...
 
@@ -26,19 +27,29 @@ and prints the median time of each, the theoretical saving (1 - analytic
 FLOPs at the measured tape lengths / FLOPs of the padded computation,
 `adatape/models/flops.py`), the saving the buckets allow, and the realized
 saving: 1 - elastic time / the faster of padded and padded/chunk (each
-against padded alone is printed too). --epsilon and --max_tokens turn
-the budget knob first (no parameter depends on them). Last line:
-`realized X% of time saved, theoretical Y%`.
+against padded alone is printed too).
+
+Where the time goes, to say what any bucketing could realize here: the
+prefix (stem, bank, blocks before the tape, the read with its early exit)
+is timed on the whole batch in the same rounds, and so are the blocks
+after the tape on a whole batch at every tape length, in chunks as
+elastic runs them (`elastic.suffix_runners`). Bucketing can only cut the
+second: the "ceiling" is its share of the two (at T) times how much faster
+it runs with every example at its own tape length than at T. Where that
+is far below the theoretical saving, the platform's time is not in step
+with the FLOPs: a prefix that costs more than its FLOPs, or blocks whose
+time falls slower than their tokens. --buckets=tuned takes the buckets
+from timings of the same blocks (`elastic.fastest_buckets`) instead of
+T/4, T/2, 3T/4, T. --epsilon and --max_tokens turn the budget knob first
+(no parameter depends on them). Last line: `realized X% of time saved,
+theoretical Y%`.
 """
 
 import argparse
 import shlex
-import statistics
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -65,34 +76,13 @@ def forward(model):
 
 def forward_in_chunks(model, chunk: int):
   """The same, on `chunk` examples at a time in one compiled loop (the
-  batch padded to whole chunks with copies of its last example, as the
+  batch filled up to whole chunks with copies of its last example, as the
   elastic predictors do)."""
-
-  def run(p, x):
-    batch = x.shape[0]
-    num = -(-batch // chunk)
-    x = jnp.concatenate([x, jnp.repeat(x[-1:], num * chunk - batch, 0)])
-    logits = jax.lax.map(
-        lambda c: model.apply({"params": p}, c, train=False).logits,
-        x.reshape((num, chunk) + x.shape[1:]),
-    )
-    return logits.reshape((num * chunk,) + logits.shape[2:])[:batch]
-
-  return jax.jit(run)
-
-
-def median_times(runners: dict, repeats: int) -> dict[str, float]:
-  """Median seconds of each runner, after a warm-up call of each, in
-  interleaved rounds (so drift hits all alike)."""
-  for run_fn in runners.values():
-    jax.block_until_ready(run_fn())
-  times = {name: [] for name in runners}
-  for _ in range(repeats):
-    for name, run_fn in runners.items():
-      begin = time.perf_counter()
-      jax.block_until_ready(run_fn())
-      times[name].append(time.perf_counter() - begin)
-  return {k: statistics.median(v) for k, v in times.items()}
+  return jax.jit(
+      lambda p, x: elastic.map_in_groups(
+          lambda c: model.apply({"params": p}, c, train=False).logits, x, chunk
+      )
+  )
 
 
 def _random_init(config, padded_config, examples):
@@ -135,6 +125,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--chunk", type=int, default=128)
   parser.add_argument(
+      "--group", type=int, default=0, help="elastic group (0: the batch)"
+  )
+  parser.add_argument(
       "--dtype", default="", help="model.dtype (default: the config's)"
   )
   parser.add_argument("--out", default="", help="also write the report here")
@@ -174,12 +167,18 @@ def main(argv: list[str]) -> int:
       model, padded_model, params, inputs = _random_init(
           config, padded_config, args.examples or args.batch
       )
-    buckets = elastic.parse_buckets(
-        args.buckets
-        or ",".join(map(str, elastic.default_buckets(config.tape.num_tokens))),
-        config.tape.num_tokens,
+    buckets = args.buckets
+    if buckets != "tuned":
+      buckets = elastic.parse_buckets(
+          buckets
+          or ",".join(
+              map(str, elastic.default_buckets(config.tape.num_tokens))
+          ),
+          config.tape.num_tokens,
+      )
+    predictor = elastic.Predictor(
+        model, params, buckets, chunk=args.chunk, group=args.group
     )
-    predictor = elastic.Predictor(model, params, buckets, chunk=args.chunk)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -188,16 +187,23 @@ def main(argv: list[str]) -> int:
   used = sum(len(b) for b in batches)
   padded, exiting = forward(padded_model), forward(model)
   padded_chunks = forward_in_chunks(padded_model, min(args.chunk, args.batch))
+  prefix = jax.jit(
+      lambda p, x: elastic.Prefix(model.config).apply({"params": p}, x)
+  )
   outs = [predictor(b) for b in batches]  # Compiles every bucket shape.
-  medians = median_times(
+  chunk = min(args.chunk, args.batch)
+  medians = elastic.median_times(
       {
           "padded": lambda: [padded(params, b) for b in batches],
           "padded/chunk": lambda: [padded_chunks(params, b) for b in batches],
           "padded+exit": lambda: [exiting(params, b) for b in batches],
           "elastic": lambda: [predictor(b).logits for b in batches],
+          "prefix": lambda: [prefix(params, b) for b in batches],
+          **elastic.suffix_runners(model, params, chunk, args.batch),
       },
       args.repeats,
   )
+  per_length = {n: t for n, t in medians.items() if isinstance(n, int)}
 
   cfg = model.config
   lengths = np.concatenate([o.tape_length for o in outs])
@@ -226,18 +232,42 @@ def main(argv: list[str]) -> int:
       f"{used} examples in batches of {args.batch}; median of "
       f"{args.repeats}; T={cfg.tape.num_tokens}, epsilon={cfg.tape.epsilon}"
   )
+  buckets = predictor.buckets
   report(
       f"tape length: mean {lengths.mean():.2f}, range {lengths.min()}-"
       f"{lengths.max()}; buckets {buckets}: "
       + ", ".join(f"{b}: {int((bucket_of == b).sum())}" for b in buckets)
   )
   for name, seconds in medians.items():
+    if isinstance(name, int):
+      continue
     report(f"{name:<12} {seconds * 1e3:9.1f} ms  {used / seconds:10.0f} ex/s")
   against = {
       name: 1.0 - medians["elastic"] / medians[name]
       for name in ("padded", "padded/chunk")
   }
   realized = min(against.values())  # Against the faster padded execution.
+  report(
+      f"blocks after the tape, a batch in chunks of {chunk}, ms per tape "
+      "length: "
+      + ", ".join(f"{n}: {s * 1e3:.3f}" for n, s in per_length.items())
+      + f" (length 1 / T: {per_length[1] / per_length[len(per_length)]:.2f}"
+      f", tokens {(num_main + 1) / (num_main + len(per_length)):.2f})"
+  )
+  full_suffix = per_length[max(per_length)]
+  own_suffix = sum(per_length[int(n)] for n in lengths) / len(lengths)
+  suffix_saving = 1.0 - own_suffix / full_suffix
+  # Of the prefix and the blocks after the tape (each measured alone, on
+  # the batch's examples), the share bucketing can cut.
+  suffix_share = full_suffix * len(lengths) / args.batch
+  suffix_share /= suffix_share + medians["prefix"]
+  ceiling = suffix_share * suffix_saving
+  report(
+      f"prefix {medians['prefix'] * 1e3:.1f} ms = {1 - suffix_share:.0%} "
+      f"of prefix + blocks after the tape at T; those blocks at each "
+      f"example's own tape length: {suffix_saving:.1%} faster than at T; "
+      f"ceiling for bucketing here: {ceiling:.1%} saved"
+  )
   report(
       f"analytic MFLOPs per example: padded {full / 1e6:.4f}, at the tape "
       f"read {flops_read.mean() / 1e6:.4f}, at the buckets "
@@ -249,7 +279,7 @@ def main(argv: list[str]) -> int:
   )
   report(
       f"saving: theoretical {theoretical:.1%}, within the buckets "
-      f"{bucket_bound:.1%}, realized {realized:.1%} "
+      f"{bucket_bound:.1%}, ceiling {ceiling:.1%}, realized {realized:.1%} "
       f"({realized / theoretical:.0%} of the theoretical)"
       if theoretical > 0
       else f"saving: theoretical 0 (every tape is full), realized "

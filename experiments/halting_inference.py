@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
       run.model, min(args.chunk, args.batch)
   )
   outs = [predictor(b) for b in batches]
-  medians = elastic_inference.median_times(
+  medians = elastic.median_times(
       {
           "padded": lambda: [padded(params, b) for b in batches],
           "padded/chunk": lambda: [padded_chunks(params, b) for b in batches],

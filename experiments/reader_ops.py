@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adatape import elastic
 from adatape import storage
 from adatape import tape
 from adatape.tape import reader
-from experiments import elastic_inference
 
 
 def _read_with(limit: int, cfg: tape.TapeConfig):
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
         rng.normal(size=(args.batch, entries, args.width)), jnp.float32
     )
     reads = {"rank": _read_with(entries, cfg), "lax": _read_with(0, cfg)}
-    seconds = elastic_inference.median_times(
+    seconds = elastic.median_times(
         {k: functools.partial(f, query, bank) for k, f in reads.items()},
         args.repeats,
     )

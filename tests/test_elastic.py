@@ -81,6 +81,34 @@ def test_mixed_lengths_equal_the_padded_run_per_example(setup):
   np.testing.assert_allclose(out.flops, padded.flops_B, rtol=1e-6)
 
 
+def test_groups_and_tuned_buckets_equal_the_padded_run(setup):
+  model, params, x = setup
+  padded = _padded(model, params, x)
+  lengths = np.asarray(padded.metrics_B["tape_length"])
+  # 64 examples in groups of 24: the last group is filled up with copies.
+  out = elastic.Predictor(model, params, chunk=8, group=24)(x)
+  np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
+  np.testing.assert_array_equal(out.tape_length, lengths)
+  assert np.all(out.bucket >= lengths)
+  tuned = elastic.Predictor(
+      model, params, buckets="tuned", chunk=8, tune_repeats=1
+  )
+  assert sorted(tuned.seconds) == list(range(1, 9))
+  assert tuned.buckets == elastic.fastest_buckets(tuned.seconds)
+  out = tuned(x)
+  np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
+  assert set(out.bucket.tolist()) <= set(tuned.buckets)
+  assert np.all(out.bucket >= lengths)
+
+
+def test_fastest_buckets_keep_the_lengths_no_longer_one_beats():
+  # 3 runs slower than 4, and 1 than 2: a chunk of those runs longer.
+  seconds = {1: 1.0, 2: 0.9, 3: 1.5, 4: 1.4, 5: 2.0}
+  assert elastic.fastest_buckets(seconds) == (2, 4, 5)
+  assert elastic.fastest_buckets({1: 3.0, 2: 2.0, 3: 1.0}) == (3,)
+  assert elastic.fastest_buckets({1: 1.0, 2: 2.0, 3: 3.0}) == (1, 2, 3)
+
+
 def test_every_example_is_computed_once(setup):
   model, params, x = setup
   lengths = np.asarray(_padded(model, params, x).metrics_B["tape_length"])
@@ -149,6 +177,8 @@ def test_models_it_cannot_run_are_refused(setup):
     elastic.Predictor(_model(layers=(1, 2)), params)
   with pytest.raises(run_config.ConfigError, match="chunk=0 must be >= 1"):
     elastic.Predictor(_model(), params, chunk=0)
+  with pytest.raises(run_config.ConfigError, match="group=-1 must be >= 0"):
+    elastic.Predictor(_model(), params, group=-1)
 
 
 def test_the_script_times_a_random_init_image_model_and_refuses_others(
@@ -162,7 +192,9 @@ def test_the_script_times_a_random_init_image_model_and_refuses_others(
           "--examples=8",
           "--batch=4",
           "--repeats=1",
-          "--chunk=4",
+          "--chunk=2",
+          "--group=4",
+          "--buckets=tuned",
           "--dtype=float32",
       ]
   )
@@ -171,6 +203,8 @@ def test_the_script_times_a_random_init_image_model_and_refuses_others(
   assert "random init" in out[1] and "8 examples in batches of 4" in out[1]
   for mode in ("padded ", "padded/chunk ", "padded+exit ", "elastic "):
     assert any(line.startswith(mode) for line in out), mode
+  assert any(line.startswith("blocks after the tape") for line in out)
+  assert any("ceiling for bucketing here" in line for line in out)
   last = out[-1].split()
   assert last[0] == "realized" and last[-2] == "theoretical", out[-1]
   # Not AdaTape, or not an image model: one line on stderr, exit 2.
