@@ -20,12 +20,14 @@ buckets runs some examples at a longer length than their own bucket. The
 `bucket` of each example in the output is the length it ran with.
 
 The default buckets are FLOP-proportional, but on a real device time does
-not fall in step with tokens (on the 2-core CPU a chunk of 64 digits
-examples took 2.39 ms at 17 tokens and 2.80 ms at 24; README). With
-`buckets="tuned"` the predictor times the blocks after the tape on one
-chunk at every tape length on its own device and keeps the lengths that
-run faster than every longer one (`fastest_buckets`): each chunk then
-runs at the cheapest length that holds it.
+not fall in step with tokens (on the 2-core CPU the digits model's blocks
+after the tape took 8.9 ms at 17 tokens and 10.5 ms at 24 per batch of
+256: experiments/results/elastic_inference_digits_eps1_b256.txt). With
+`buckets="tuned"` the predictor times those blocks at every tape length
+on its own device and keeps the lengths that run faster than every longer
+one (`fastest_buckets`): each chunk then runs at the cheapest length that
+holds it. With `group` it runs a large batch a group at a time, so that
+a group's tapes are still in cache when its blocks read them.
 
 Cutting only removes tape slots an example did not read, which no real
 token attends to and pooling skips, so each example's logits equal the
