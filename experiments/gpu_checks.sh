@@ -1,0 +1,109 @@
+#!/bin/bash
+# The accelerator figures issues 11 (elastic execution) and 14 (speed)
+# still lack, prepared so that a task lent a GPU spends its short device
+# time measuring. Two parts, each under the device tool's 600 s a call
+# (the time limits of their steps add up to 330 and 430 s):
+#   bash experiments/gpu_checks.sh speed     # issue 14
+#   bash experiments/gpu_checks.sh elastic   # issue 11
+# or both in one call with `all` (760 s of limits: only with time left).
+#
+# Set-up, once, in the checkout (../shared/docs/gpu.md): the stand-in
+# tensorflow module and the wheels the GPU image lacks,
+#   mkdir -p .gpu_tools && cp -r ../shared/tools/gpu/. .gpu_tools/
+#   printf '/.gpu_tools/\n/.whl/\n' >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: \
+#     --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0 clu==0.0.12
+# then run a part through the device tool with carry [".gpu_tools", ".whl"].
+# Every result file goes to $OUT (the device tool's folder; default
+# experiments/results), named after the device kind (throughput_nvidia_h200.txt
+# and so on, as `experiments/throughput.py --save` names its file), the
+# command on its first line. SMOKE=1 runs the same steps on tiny settings
+# into /tmp/gpu_checks_smoke (a check of the command lines on a CPU, not a
+# measurement).
+set -u
+PART=${1:-all}
+case "$PART" in
+  speed|elastic|all) ;;
+  *) echo "usage: $0 speed|elastic|all (got '$PART')" >&2; exit 2 ;;
+esac
+SMOKE=${SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then
+  OUT=${OUT:-/tmp/gpu_checks_smoke}
+else
+  OUT=${OUT:-experiments/results}
+fi
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/.gpu_tools/stubs:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ "$SMOKE" = 1 ]; then
+  BATCH=4; EXAMPLES=8; CHUNK=2; REPEATS=1; READER_BATCH=8
+  S16=configs/imagenet/adatape.py:tiny
+  PARITY=configs/parity/adatape.py:tiny
+  SPECS=(--spec=configs/imagenet/vit.py:tiny
+    --spec=configs/imagenet/adatape.py:tiny,bank=input)
+  TRAIN=(--config.total_steps=4)
+else
+  # The S/16 pair of experiments/throughput.py (its default specs).
+  BATCH=256; EXAMPLES=1024; CHUNK=64; REPEATS=11; READER_BATCH=1024
+  S16=configs/imagenet/adatape.py:variant=S/16,bank=input
+  PARITY=configs/parity/adatape.py
+  SPECS=()
+  TRAIN=()
+fi
+failed=0
+
+# step NAME SECONDS COMMAND...: runs it under a time limit, keeps going.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit} s): $*"
+  timeout "$limit" "$@" 2>&1 | grep -v "^W0000\|^I0000" | tail -25
+  local code=${PIPESTATUS[0]}
+  if [ "$code" != 0 ]; then
+    echo "== $name failed (exit $code)"
+    failed=1
+  fi
+}
+
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+KIND=$(python3 -c "import re, jax
+kind = jax.devices()[0].device_kind.lower()
+print(re.sub('[^a-z0-9]+', '_', kind).strip('_'))") || exit 1
+if [ "$PART" != elastic ]; then
+# Issue 14: bfloat16 with the fused attention, the S/16 pair at batch 256
+# (targets: ViT >= 8000 train img/s, AdaTape >= 0.9 x ViT, ViT inference
+# >= 25000), and what the reader's top-k costs there.
+step throughput 240 python3 -m experiments.throughput --dtype=bfloat16 \
+  --attention=auto --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+  --out="$OUT/throughput_${KIND}.txt"
+step reader_ops 90 python3 -m experiments.reader_ops --batch=$READER_BATCH \
+  --repeats=$REPEATS --out="$OUT/reader_ops_${KIND}.txt"
+fi
+if [ "$PART" != speed ]; then
+# Issue 11: elastic inference of AdaTape-S/16 at random init, and of the
+# default parity model trained there (about a minute on the H200).
+step elastic_s16 150 python3 -m experiments.elastic_inference \
+  --config="$S16" --dtype=bfloat16 --examples=$EXAMPLES --batch=$BATCH \
+  --chunk=$CHUNK --buckets=tuned --repeats=$REPEATS \
+  --out="$OUT/elastic_inference_s16_${KIND}.txt"
+step parity_train 120 python3 -m adatape.main --config=$PARITY \
+  --workdir=/tmp/gpu_checks_parity ${TRAIN[@]+"${TRAIN[@]}"}
+cp /tmp/gpu_checks_parity/results.json "$OUT/parity_results_${KIND}.json" \
+  2>/dev/null
+# The default buckets (T/4, T/2, 3T/4, T), then those timed there.
+for buckets in default tuned; do
+  flag=--buckets=$buckets
+  [ "$buckets" = default ] && flag=--buckets=
+  step "elastic_parity_$buckets" 80 python3 -m experiments.elastic_inference \
+    --workdir=/tmp/gpu_checks_parity "$flag" --repeats=31 \
+    --out="$OUT/elastic_inference_parity_${KIND}_$buckets.txt"
+done
+fi
+exit $failed
