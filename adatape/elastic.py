@@ -327,7 +327,7 @@ class Predictor:
   chunk: int = 128
   group: int = 0
   tune_repeats: int = 7
-  seconds: dict[int, float] | None = None
+  seconds: dict[int, float] | None = dataclasses.field(default=None, init=False)
 
   def __post_init__(self):
     cfg = self.model.config

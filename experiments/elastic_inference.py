@@ -191,7 +191,8 @@ def main(argv: list[str]) -> int:
       lambda p, x: elastic.Prefix(model.config).apply({"params": p}, x)
   )
   outs = [predictor(b) for b in batches]  # Compiles every bucket shape.
-  chunk = min(args.chunk, args.batch)
+  batch = len(batches[0])  # The one short batch there may be.
+  chunk = min(args.chunk, batch)
   medians = elastic.median_times(
       {
           "padded": lambda: [padded(params, b) for b in batches],
@@ -199,7 +200,7 @@ def main(argv: list[str]) -> int:
           "padded+exit": lambda: [exiting(params, b) for b in batches],
           "elastic": lambda: [predictor(b).logits for b in batches],
           "prefix": lambda: [prefix(params, b) for b in batches],
-          **elastic.suffix_runners(model, params, chunk, args.batch),
+          **elastic.suffix_runners(model, params, chunk, batch),
       },
       args.repeats,
   )
@@ -259,7 +260,7 @@ def main(argv: list[str]) -> int:
   suffix_saving = 1.0 - own_suffix / full_suffix
   # Of the prefix and the blocks after the tape (each measured alone, on
   # the batch's examples), the share bucketing can cut.
-  suffix_share = full_suffix * len(lengths) / args.batch
+  suffix_share = full_suffix * len(lengths) / batch
   suffix_share /= suffix_share + medians["prefix"]
   ceiling = suffix_share * suffix_saving
   report(
