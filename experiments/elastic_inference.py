@@ -118,7 +118,12 @@ def main(argv: list[str]) -> int:
   source.add_argument("--workdir", help="a trained AdaTape run")
   source.add_argument("--config", help="config[:args] to initialise at random")
   parser.add_argument("--batch", type=int, default=1024)
-  parser.add_argument("--buckets", default="")
+  parser.add_argument(
+      "--buckets",
+      default="",
+      help="tape lengths, e.g. 2,4,6,8 (default: T/4, T/2, 3T/4, T), or "
+      "'tuned': the lengths that run fastest on this device",
+  )
   parser.add_argument("--epsilon", type=float, default=0.0)
   parser.add_argument("--max_tokens", type=int, default=0)
   parser.add_argument("--examples", type=int, default=0)
