@@ -20,7 +20,12 @@
 # and so on, as `experiments/throughput.py --save` names its file), the
 # command on its first line. SMOKE=1 runs the same steps on tiny settings
 # into /tmp/gpu_checks_smoke (a check of the command lines on a CPU, not a
-# measurement).
+# measurement). Rehearsed so on 2026-12-01 (tree at 993349b) with the GPU
+# image's packages and nothing more (a venv of Python 3.12.1, jax/jaxlib
+# 0.11.2, flax 0.12.10, optax 0.2.8, orbax-checkpoint 0.12.8, numpy,
+# matplotlib, tensorboard; no tensorflow, tfds or ml_collections; the set-up
+# above; `PATH=/tmp/gpuimg/bin:$PATH SMOKE=1 bash experiments/gpu_checks.sh
+# all`): every step exited 0, in 330 s on a 2-core CPU.
 set -u
 PART=${1:-all}
 case "$PART" in
