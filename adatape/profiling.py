@@ -7,15 +7,23 @@ WORKDIR`): the trace viewer shows each device op on a timeline, and the
 op profile shows where step time goes. Pick steps after the first ones, so
 that compilation is not in the window. On a remote workdir the trace is
 written locally and copied there when it stops. Only process 0 traces.
+
+`op_profile` reads such a trace without TensorBoard (which a remote
+accelerator job cannot show): the XLA ops of the busiest compiled
+program, ranked by their own time, and how much of the traced span the
+device was busy. `python -m experiments.profile_ops WORKDIR` prints it;
+`experiments/throughput.py --profile=DIR` traces and ranks its steps.
 """
 
+import collections
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
+from adatape import run_config
 from adatape import storage
 
 
@@ -61,3 +69,212 @@ class StepTrace:
             storage.write_atomic(storage.join(self._target, relative), f.read())
       shutil.rmtree(self._local, ignore_errors=True)
     print(f"profile of steps {self._first}..{self._last - 1}: {self._target}")
+
+
+# Lines of a device plane that repeat or summarise the ops' own events.
+_DERIVED_LINES = ("XLA Modules", "Steps", "Framework", "Source", "Launch")
+
+
+class OpTime(NamedTuple):
+  """One XLA op of a profiled program, over the whole trace."""
+
+  name: str
+  seconds: float  # Its own time: nested ops (a while's body) excluded.
+  calls: int
+
+
+class OpProfile(NamedTuple):
+  """Where the time of a trace went, per XLA op.
+
+  Attributes:
+    path: the .xplane.pb read.
+    plane: the device (or host, on a CPU) the ops ran on.
+    module: the compiled program (`hlo_module`) whose ops are ranked.
+    runs: how many times it ran in the trace (1 when the trace does not
+      number its runs).
+    busy_s: time during which at least one of its ops ran.
+    span_s: summed over its runs, from the run's first op starting to its
+      last op ending; `span_s - busy_s` is time the device waited inside
+      the program (on the host, on launches, on a loop's condition).
+    ops: by own time, largest first.
+  """
+
+  path: str
+  plane: str
+  module: str
+  runs: int
+  busy_s: float
+  span_s: float
+  ops: list[OpTime]
+
+
+def find_trace(path: str) -> str:
+  """The newest .xplane.pb of `path`: the file itself, a trace folder, or
+  a workdir whose `profile` folder holds traces (`profile_steps`)."""
+  if path.endswith(".xplane.pb"):
+    run_config.check(storage.exists(path), f"no trace at {path}")
+    return path
+  for base in (path, storage.join(path, "profile")):
+    runs = storage.join(base, "plugins", "profile")
+    for stamp in reversed(storage.listdir(runs)):
+      names = [
+          n
+          for n in storage.listdir(storage.join(runs, stamp))
+          if n.endswith(".xplane.pb")
+      ]
+      if names:
+        return storage.join(runs, stamp, names[0])
+  raise run_config.ConfigError(
+      f"no .xplane.pb trace under {path} (nor {path}/profile): record one "
+      "with --config.profile_steps=(FIRST, LAST)"
+  )
+
+
+def _op_events(plane) -> list[tuple[int, str, int, str, int, int]]:
+  """(line, module, run id, op, start ns, end ns) of every XLA op event;
+  lines (threads, streams) by their index, since several may be unnamed."""
+  lines = list(enumerate(plane.lines))
+  if any(line.name == "XLA Ops" for _, line in lines):
+    lines = [(i, line) for i, line in lines if line.name == "XLA Ops"]
+  else:
+    lines = [
+        (i, line)
+        for i, line in lines
+        if not line.name.startswith(_DERIVED_LINES)
+    ]
+  events = []
+  for index, line in lines:
+    for event in line.events:
+      stats = dict(event.stats)
+      op = stats.get("hlo_op") or (event.name if line.name == "XLA Ops" else "")
+      if not op:
+        continue
+      start = int(event.start_ns)
+      events.append(
+          (
+              index,
+              str(stats.get("hlo_module", "")),
+              int(stats.get("run_id", 0)),
+              str(op),
+              start,
+              start + int(event.duration_ns),
+          )
+      )
+  return events
+
+
+def own_times(events) -> dict[tuple[str, str], list[int]]:
+  """Per (module, op): each event's time minus that of the events nested
+  in it on the same line (a CPU `while` thunk contains its body's)."""
+  times = collections.defaultdict(list)
+  by_line = collections.defaultdict(list)
+  for line, module, _, op, start, end in events:
+    by_line[line].append((start, -end, module, op))
+  for items in by_line.values():
+    items.sort()
+    stack = []  # [end, module, op, own ns]
+
+    def close(entry):
+      times[(entry[1], entry[2])].append(entry[3])
+
+    for start, neg_end, module, op in items:
+      end = -neg_end
+      while stack and stack[-1][0] <= start:
+        close(stack.pop())
+      if stack:
+        stack[-1][3] -= end - start
+      stack.append([end, module, op, end - start])
+    while stack:
+      close(stack.pop())
+  return times
+
+
+def busy_ns(intervals: list[tuple[int, int]]) -> int:
+  """Length of the union of [start, end) intervals."""
+  busy, reach = 0, None
+  for start, end in sorted(intervals):
+    if reach is None or start > reach:
+      busy += end - start
+      reach = end
+    elif end > reach:
+      busy += end - reach
+      reach = end
+  return busy
+
+
+def op_profile(path: str, module: str = "train_step") -> OpProfile:
+  """Reads the newest trace of `path` (`find_trace`) and ranks the XLA ops
+  of one compiled program: the busiest whose name contains `module` (the
+  train step by default: an eval inside the traced steps is left out), or
+  the busiest of all when none does. The first device plane (GPU, TPU)
+  with op events is read, else the host's (a CPU's ops run on its
+  threads); `plane` says which."""
+  # Imported here: a core install reads traces only when asked to.
+  from jax import profiler  # pylint: disable=g-import-not-at-top
+
+  trace = find_trace(path)
+  data = profiler.ProfileData.from_serialized_xspace(storage.read_bytes(trace))
+  planes = [p for p in data.planes if p.name.startswith("/device:")]
+  planes += [p for p in data.planes if p.name.startswith("/host:")]
+  found = [(p.name, _op_events(p)) for p in planes]
+  found = [(name, events) for name, events in found if events]
+  run_config.check(bool(found), f"no XLA op events in {trace}")
+  plane, events = found[0]
+  totals = collections.Counter()
+  for _, program, _, _, start, end in events:
+    totals[program] += end - start
+  named = [m for m, _ in totals.most_common() if module and module in m]
+  module = named[0] if named else totals.most_common(1)[0][0]
+  events = [e for e in events if e[1] == module]
+  own = own_times(events)
+  ops = sorted(
+      (OpTime(op, sum(ns) / 1e9, len(ns)) for (_, op), ns in own.items()),
+      key=lambda o: -o.seconds,
+  )
+  runs = collections.defaultdict(list)
+  for _, _, run, _, start, end in events:
+    runs[run].append((start, end))
+  return OpProfile(
+      path=trace,
+      plane=plane,
+      module=module,
+      runs=len(runs),
+      busy_s=busy_ns([(e[4], e[5]) for e in events]) / 1e9,
+      span_s=sum(
+          max(e for _, e in spans) - min(s for s, _ in spans)
+          for spans in runs.values()
+      )
+      / 1e9,
+      ops=ops,
+  )
+
+
+def report(profile: OpProfile, steps: int = 0, top: int = 20) -> list[str]:
+  """The profile as text, per step: per run of the program, or per one of
+  `steps` when given (a trace that does not number its runs)."""
+  steps = steps or profile.runs
+  total = sum(o.seconds for o in profile.ops)
+  ms = 1e3 / steps
+  lines = [
+      f"trace {profile.path}",
+      f"{profile.plane}, program {profile.module}, {profile.runs} run(s); "
+      f"per step of {steps}: ops busy {profile.busy_s * ms:.3f} ms of "
+      f"{profile.span_s * ms:.3f} ms inside the program "
+      f"({profile.busy_s / profile.span_s:.0%}), their own times "
+      f"{total * ms:.3f} ms in {sum(o.calls for o in profile.ops) / steps:g}"
+      f" calls of {len(profile.ops)} ops",
+      f"{'ms/step':>9}{'share':>7}{'calls/step':>11}  op",
+  ]
+  for o in profile.ops[:top]:
+    lines.append(
+        f"{o.seconds * ms:>9.3f}{o.seconds / total:>7.1%}"
+        f"{o.calls / steps:>11g}  {o.name}"
+    )
+  rest = profile.ops[top:]
+  if rest:
+    seconds = sum(o.seconds for o in rest)
+    lines.append(
+        f"{seconds * ms:>9.3f}{seconds / total:>7.1%}"
+        f"{sum(o.calls for o in rest) / steps:>11g}  ({len(rest)} other ops)"
+    )
+  return lines

@@ -2,10 +2,10 @@
 # The accelerator figures issues 11 (elastic execution) and 14 (speed)
 # still lack, prepared so that a task lent a GPU spends its short device
 # time measuring. Two parts, each under the device tool's 600 s a call
-# (the time limits of their steps add up to 330 and 430 s):
+# (the time limits of their steps add up to 360 and 430 s):
 #   bash experiments/gpu_checks.sh speed     # issue 14
 #   bash experiments/gpu_checks.sh elastic   # issue 11
-# or both in one call with `all` (760 s of limits: only with time left).
+# or both in one call with `all` (790 s of limits: only with time left).
 #
 # Set-up, once, in the checkout (../shared/docs/gpu.md): the stand-in
 # tensorflow module and the wheels the GPU image lacks,
@@ -85,8 +85,11 @@ if [ "$PART" != elastic ]; then
 # Issue 14: bfloat16 with the fused attention, the S/16 pair at batch 256
 # (targets: ViT >= 8000 train img/s, AdaTape >= 0.9 x ViT, ViT inference
 # >= 25000), and what the reader's top-k costs there.
-step throughput 240 python3 -m experiments.throughput --dtype=bfloat16 \
+# --profile adds each train step's XLA ops by time to the same file: where
+# the step's time goes, readable without TensorBoard.
+step throughput 270 python3 -m experiments.throughput --dtype=bfloat16 \
   --attention=auto --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+  --profile=/tmp/gpu_checks_profile --profile_top=25 \
   --out="$OUT/throughput_${KIND}.txt"
 step reader_ops 90 python3 -m experiments.reader_ops --batch=$READER_BATCH \
   --repeats=$REPEATS --out="$OUT/reader_ops_${KIND}.txt"

@@ -22,6 +22,8 @@ to the analytic train-FLOP ratio.
   python -m experiments.throughput --dtype=bfloat16 --attention=auto --batch=256
   python -m experiments.throughput --batch=64 --spec=configs/imagenet/adatape.py:variant=B/16
   python -m experiments.throughput --workdir=RUN        # a trained run
+  python -m experiments.throughput --profile=/tmp/prof  # + each train step's
+                                                        # XLA ops by time
 
 `--out=FILE` also writes the printed report, the command first (default
 with --save: experiments/results/throughput_<device>.txt). Random-init
@@ -32,6 +34,7 @@ what its eval measured (results.json, eval/tape_length).
 import argparse
 import functools
 import json
+import os
 import re
 import shlex
 import statistics
@@ -48,6 +51,7 @@ from adatape import analysis
 from adatape import checkpointing
 from adatape import models
 from adatape import optim
+from adatape import profiling
 from adatape import run_config
 from adatape import storage
 from adatape import train
@@ -283,6 +287,31 @@ def run(
   return rows
 
 
+# Train steps traced per model with --profile.
+PROFILE_STEPS = 3
+
+
+def profile(benches: list[Bench], folder: str, top: int, report=print):
+  """Traces `PROFILE_STEPS` train steps of each model into
+  folder/<model> (after the timing, which the tracer would slow) and
+  reports the step's XLA ops by their own time (`profiling.op_profile`)."""
+  for b in benches:
+    path = os.path.join(folder, re.sub(r"[^A-Za-z0-9.=]+", "_", b.label))
+    jax.profiler.start_trace(path)
+    try:
+      for _ in range(PROFILE_STEPS):
+        b.train_once()
+    finally:
+      jax.profiler.stop_trace()
+    report(f"\n{b.label}: train step, by XLA op")
+    try:
+      lines = profiling.report(profiling.op_profile(path), PROFILE_STEPS, top)
+    except run_config.ConfigError as e:  # The timings stand without it.
+      lines = [f"no op table: {e}"]
+    for line in lines:
+      report(line)
+
+
 def compare(benches: list[Bench], rows, report=print) -> None:
   """The step-time vs analytic FLOP ratio of each AdaTape to the first
   ViT."""
@@ -347,6 +376,15 @@ def main():
       help="--out=experiments/results/throughput_<device>.txt",
   )
   parser.add_argument("--json", default="", help="also write the rows as JSON")
+  parser.add_argument(
+      "--profile",
+      default="",
+      help="a local folder: trace a few train steps of each model there "
+      "and report their XLA ops by time",
+  )
+  parser.add_argument(
+      "--profile_top", type=int, default=15, help="ops listed per model"
+  )
   args = parser.parse_args()
   try:
     loaded = [
@@ -390,6 +428,12 @@ def main():
   if out:
     storage.write_atomic(out, "\n".join(lines) + "\n")
     print(f"wrote {out}")
+  if args.profile:
+    # After the timings are written: they stand whatever the tracer does.
+    profile(benches, args.profile, args.profile_top, report)
+    if out:
+      storage.write_atomic(out, "\n".join(lines) + "\n")
+      print(f"wrote {out} (with the op tables)")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(

@@ -150,6 +150,16 @@ def test_profile_steps_and_the_compilation_cache(tmp_path):
       if name.endswith(".xplane.pb")
   ]
   assert traces
+  # Its train steps as text, ranked by XLA op (experiments/profile_ops.py).
+  ops = subprocess.run(
+      [sys.executable, "-m", "experiments.profile_ops", str(workdir)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
+  assert ops.returncode == 0, ops.stderr[-2000:]
+  assert "jit_train_step, 2 run(s); per step of 2" in ops.stdout
   assert os.listdir(cache)
   bad = _main(
       f"--config={CONFIG}:tiny",

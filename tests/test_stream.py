@@ -424,6 +424,14 @@ def test_heatmap_table_and_throughput_of_a_streamed_run(
   )
   for r in rows.values():
     assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
+  # --profile: each model's traced train steps, ranked by XLA op.
+  lines = []
+  throughput.profile([vit, run], str(tmp_path / "prof"), 5, lines.append)
+  headers = [i for i, line in enumerate(lines) if "train step, by XLA" in line]
+  assert [lines[i].split(":")[0].strip() for i in headers] == ["vit", "run"]
+  for i in headers:
+    assert f"{throughput.PROFILE_STEPS} run(s)" in lines[i + 2]
+    assert "jit_train_step" in lines[i + 2]
 
 
 def test_few_step_training_under_tfds_mock_data(datasets, tmp_path):
