@@ -20,12 +20,16 @@
 # and so on, as `experiments/throughput.py --save` names its file), the
 # command on its first line. SMOKE=1 runs the same steps on tiny settings
 # into /tmp/gpu_checks_smoke (a check of the command lines on a CPU, not a
-# measurement). Rehearsed so on 2026-12-01 (tree at 993349b) with the GPU
+# measurement). Rehearsed so on 2026-12-02 (tree at 9e8a764) with the GPU
 # image's packages and nothing more (a venv of Python 3.12.1, jax/jaxlib
 # 0.11.2, flax 0.12.10, optax 0.2.8, orbax-checkpoint 0.12.8, numpy,
 # matplotlib, tensorboard; no tensorflow, tfds or ml_collections; the set-up
 # above; `PATH=/tmp/gpuimg/bin:$PATH SMOKE=1 bash experiments/gpu_checks.sh
-# all`): every step exited 0, in 330 s on a 2-core CPU.
+# all`): every step exited 0, in 82 s on a 2-core CPU (330 s on the slower
+# VM of the first rehearsal, at 993349b). On a CPU the op tables read the
+# host's threads; a GPU trace's device plane has not been read yet (if it
+# holds no op events, the table says so in one line and the timings
+# stand).
 set -u
 PART=${1:-all}
 case "$PART" in
