@@ -17,6 +17,7 @@ device was busy. `python -m experiments.profile_ops WORKDIR` prints it;
 
 import collections
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, NamedTuple
@@ -249,32 +250,122 @@ def op_profile(path: str, module: str = "train_step") -> OpProfile:
   )
 
 
-def report(profile: OpProfile, steps: int = 0, top: int = 20) -> list[str]:
+def op_sources(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> the jax op it came from (`op_name` metadata, e.g.
+  `jit(train_step)/jvp(Model)/tape_1/bank_norm/mul`), from a compiled
+  program's text (`compiled.as_text()`), whose names the trace's ops
+  carry. An op XLA made without metadata of its own takes that of the
+  computation it calls (a fusion's) or, inside a loop's body, of the
+  computation it is in: their root's, or their first op that has one."""
+  sources, calls, where, inner = {}, {}, {}, {}
+  computation, entry = "", ""
+  for line in hlo_text.splitlines():
+    if not line.startswith(" "):
+      header = re.match(r"(ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+      computation = header.group(2) if header else ""
+      if header and header.group(1):
+        entry = computation
+      continue
+    instruction = re.match(r"\s*(ROOT )?%?([\w.\-]+) = ", line)
+    if not instruction:
+      continue
+    name = instruction.group(2)
+    where[name] = computation
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    if op_name:
+      sources[name] = op_name.group(1)
+      if instruction.group(1) or computation not in inner:
+        inner[computation] = op_name.group(1)
+    called = re.search(r"calls=%?([\w.\-]+)", line)
+    if called:
+      calls[name] = called.group(1)
+  for name, computation in where.items():
+    if name in sources:
+      continue
+    if calls.get(name) in inner:
+      sources[name] = inner[calls[name]]
+    elif computation != entry and computation in inner:
+      sources[name] = inner[computation]
+  return sources
+
+
+def model_part(op_name: str) -> str:
+  """The model's submodule an op belongs to, by its `op_name`: the first
+  module of its path (`encoderblock_3` -> `encoderblock_*`, `tape_1` ->
+  `tape_*`, `bank`, ...), with `(backward)` for a gradient's op; ops of no
+  module are the loss, the optimizer and the metrics."""
+  segments = [
+      seg
+      for seg in op_name.split("/")
+      if seg and "(" not in seg and seg != "Model"
+  ]
+  backward = " (backward)" if "transpose(" in op_name else ""
+  if not op_name:
+    return "(no op_name)"
+  if len(segments) < 2:
+    return "outside the model (loss, optimizer, metrics)" + backward
+  return re.sub(r"_\d+$", "_*", segments[0]) + backward
+
+
+def report(
+    profile: OpProfile,
+    steps: int = 0,
+    top: int = 20,
+    sources: dict[str, str] | None = None,
+) -> list[str]:
   """The profile as text, per step: per run of the program, or per one of
-  `steps` when given (a trace that does not number its runs)."""
+  `steps` when given (a trace that does not number its runs). Tables: the
+  `top` ops, then the ops added up by kind (the name without its
+  instance number: the one matmul op of each layer, the one LayerNorm
+  fusion of each block, add up there), and with the program's `sources`
+  (`op_sources`) by the part of the model they compute (`model_part`)."""
   steps = steps or profile.runs
   total = sum(o.seconds for o in profile.ops)
-  ms = 1e3 / steps
+  tables = [("op", profile.ops)]
+  groups = [("kind of op", lambda name: re.sub(r"\.\d+$", "", name))]
+  if sources is not None:
+    groups.append(
+        ("part of the model", lambda name: model_part(sources.get(name, "")))
+    )
+  for title, key in groups:
+    added = {}
+    for o in profile.ops:
+      name = key(o.name)
+      seconds, calls = added.get(name, (0.0, 0))
+      added[name] = (seconds + o.seconds, calls + o.calls)
+    tables.append(
+        (
+            title,
+            sorted(
+                (OpTime(k, *v) for k, v in added.items()),
+                key=lambda o: -o.seconds,
+            ),
+        )
+    )
   lines = [
       f"trace {profile.path}",
       f"{profile.plane}, program {profile.module}, {profile.runs} run(s); "
-      f"per step of {steps}: ops busy {profile.busy_s * ms:.3f} ms of "
-      f"{profile.span_s * ms:.3f} ms inside the program "
+      f"per step of {steps}: ops busy {profile.busy_s * 1e3 / steps:.3f} ms"
+      f" of {profile.span_s * 1e3 / steps:.3f} ms inside the program "
       f"({profile.busy_s / profile.span_s:.0%}), their own times "
-      f"{total * ms:.3f} ms in {sum(o.calls for o in profile.ops) / steps:g}"
-      f" calls of {len(profile.ops)} ops",
-      f"{'ms/step':>9}{'share':>7}{'calls/step':>11}  op",
+      f"{total * 1e3 / steps:.3f} ms in "
+      f"{sum(o.calls for o in profile.ops) / steps:g} calls of "
+      f"{len(profile.ops)} ops",
   ]
-  for o in profile.ops[:top]:
-    lines.append(
-        f"{o.seconds * ms:>9.3f}{o.seconds / total:>7.1%}"
-        f"{o.calls / steps:>11g}  {o.name}"
-    )
-  rest = profile.ops[top:]
-  if rest:
-    seconds = sum(o.seconds for o in rest)
-    lines.append(
-        f"{seconds * ms:>9.3f}{seconds / total:>7.1%}"
-        f"{sum(o.calls for o in rest) / steps:>11g}  ({len(rest)} other ops)"
-    )
+  for title, rows in tables:
+    lines.append(f"{'ms/step':>9}{'share':>7}{'calls/step':>11}  {title}")
+    shown, rest = rows[:top], rows[top:]
+    if rest:
+      shown.append(
+          OpTime(
+              f"({len(rest)} others)",
+              sum(o.seconds for o in rest),
+              sum(o.calls for o in rest),
+          )
+      )
+    for o in shown:
+      lines.append(
+          f"{o.seconds * 1e3 / steps:>9.3f}{o.seconds / total:>7.1%}"
+          f"{o.calls / steps:>11g}  {o.name}"
+      )
   return lines

@@ -208,6 +208,7 @@ class Bench:
     ).compile()
     self.train_compile_s = time.perf_counter() - start
     self.train_gflops = _cost_gflops(step_compiled) / batch
+    self.train_hlo = step_compiled.as_text()
     cost = forward_cost(config, state.params, images, num_classes)
     self.infer_compile_s = cost.compile_s
     self.static_gflops = cost.static_gflops
@@ -305,7 +306,12 @@ def profile(benches: list[Bench], folder: str, top: int, report=print):
       jax.profiler.stop_trace()
     report(f"\n{b.label}: train step, by XLA op")
     try:
-      lines = profiling.report(profiling.op_profile(path), PROFILE_STEPS, top)
+      lines = profiling.report(
+          profiling.op_profile(path),
+          PROFILE_STEPS,
+          top,
+          profiling.op_sources(b.train_hlo),
+      )
     except run_config.ConfigError as e:  # The timings stand without it.
       lines = [f"no op table: {e}"]
     for line in lines:
