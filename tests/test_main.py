@@ -11,6 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from adatape import profiling
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/parity/adatape.py"
 
@@ -150,16 +152,9 @@ def test_profile_steps_and_the_compilation_cache(tmp_path):
       if name.endswith(".xplane.pb")
   ]
   assert traces
-  # Its train steps as text, ranked by XLA op (experiments/profile_ops.py).
-  ops = subprocess.run(
-      [sys.executable, "-m", "experiments.profile_ops", str(workdir)],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      check=False,
-  )
-  assert ops.returncode == 0, ops.stderr[-2000:]
-  assert "jit_train_step, 2 run(s); per step of 2" in ops.stdout
+  # Its train steps, ranked by XLA op (experiments/profile_ops.py).
+  ops = profiling.op_profile(str(workdir))
+  assert (ops.module, ops.runs) == ("jit_train_step", 2)
   assert os.listdir(cache)
   bad = _main(
       f"--config={CONFIG}:tiny",

@@ -16,6 +16,16 @@ from adatape import run_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _profile_ops(*args):
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.profile_ops", *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
+
+
 def test_own_time_leaves_out_nested_ops_and_busy_time_counts_overlap_once():
   # A loop op [0, 100) holding two body ops; another thread's op overlaps.
   events = [
@@ -61,6 +71,10 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
   # loop's condition 6 times.
   assert {15, 18} <= set(calls.values())
   assert max(calls.values()) == 18
+  # The command line prints the same tables.
+  proc = _profile_ops(str(tmp_path), "--module=looped", "--top=2")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "3 run(s); per step of 3" in proc.stdout
   lines = profiling.report(profile, top=2)
   assert "3 run(s); per step of 3" in lines[1]
   assert any(line.endswith("others)") for line in lines)
@@ -69,13 +83,7 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
 def test_missing_traces_are_one_line_errors(tmp_path):
   with pytest.raises(run_config.ConfigError, match="no .xplane.pb trace"):
     profiling.find_trace(str(tmp_path))
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.profile_ops", str(tmp_path)],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      check=False,
-  )
+  proc = _profile_ops(str(tmp_path))
   assert proc.returncode == 2
   assert (
       proc.stderr.strip()
