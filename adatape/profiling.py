@@ -289,22 +289,35 @@ def op_sources(hlo_text: str) -> dict[str, str]:
   return sources
 
 
+# Scopes jax itself puts in op names (control flow), not modules.
+_JAX_SCOPES = frozenset(("while", "body", "cond", "scan", "checkpoint"))
+
+
 def model_part(op_name: str) -> str:
   """The model's submodule an op belongs to, by its `op_name`: the first
   module of its path (`encoderblock_3` -> `encoderblock_*`, `tape_1` ->
-  `tape_*`, `bank`, ...), with `(backward)` for a gradient's op; ops of no
-  module are the loss, the optimizer and the metrics."""
+  `tape_*`, `bank`, ...), with `(backward)` for a gradient's op. Ops of
+  the model outside its submodules (pooling, joining the tape) and ops
+  outside the model (loss, optimizer, metrics) are named so."""
+  if not op_name:
+    return "(no op_name)"
   segments = [
       seg
       for seg in op_name.split("/")
-      if seg and "(" not in seg and seg != "Model"
+      if seg
+      and "(" not in seg
+      and "->" not in seg  # An einsum's scope.
+      and seg != "Model"
+      and seg not in _JAX_SCOPES
   ]
   backward = " (backward)" if "transpose(" in op_name else ""
-  if not op_name:
-    return "(no op_name)"
-  if len(segments) < 2:
-    return "outside the model (loss, optimizer, metrics)" + backward
-  return re.sub(r"_\d+$", "_*", segments[0]) + backward
+  if len(segments) >= 2:
+    part = re.sub(r"_\d+$", "_*", segments[0])
+  elif re.search(r"\bModel\b", op_name):
+    part = "the model, outside its submodules"
+  else:
+    part = "outside the model (loss, optimizer, metrics)"
+  return part + backward
 
 
 def report(

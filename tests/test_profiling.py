@@ -71,10 +71,21 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
   # loop's condition 6 times.
   assert {15, 18} <= set(calls.values())
   assert max(calls.values()) == 18
-  # The command line prints the same tables.
-  proc = _profile_ops(str(tmp_path), "--module=looped", "--top=2")
+  # The command line prints the same tables, and with the program's
+  # optimized HLO (as XLA dumps it) the table by part of the model.
+  dump = tmp_path / "xla_dump"
+  dump.mkdir()
+  (dump / "module_0001.jit_looped.cpu_after_optimizations.txt").write_text(
+      looped.lower(x, 5).compile().as_text()
+  )
+  proc = _profile_ops(
+      str(tmp_path), "--module=looped", "--top=2", f"--hlo={dump}"
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "3 run(s); per step of 3" in proc.stdout
+  parts = proc.stdout.split("part of the model\n")[1].splitlines()
+  # No Flax module in this program: its ops are all "outside the model".
+  assert "outside the model" in parts[0]
   lines = profiling.report(profile, top=2)
   assert "3 run(s); per step of 3" in lines[1]
   assert any(line.endswith("others)") for line in lines)
@@ -136,6 +147,14 @@ def test_ops_are_traced_to_the_part_of_the_model_they_compute():
   assert (
       profiling.model_part("jit(f)/Model/encoderblock_11/mlp/dot_general")
       == "encoderblock_*"
+  )
+  assert (
+      profiling.model_part("jit(f)/jvp(Model)/tape_1/while/body/dot_general")
+      == "tape_*"
+  )
+  assert (
+      profiling.model_part("jit(f)/jvp(Model)/bl,bld->bd/dot_general")
+      == "the model, outside its submodules"
   )
   ops = [
       profiling.OpTime("dot.3", 2.0, 10),
