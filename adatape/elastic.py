@@ -107,14 +107,19 @@ def median_times(
     runners: dict[Any, Callable[[], Any]], repeats: int
 ) -> dict[Any, float]:
   """Median seconds of each runner, after a warm-up call of each, in
-  interleaved rounds (so drift hits all alike)."""
+  interleaved rounds (so drift hits all alike), every other round in
+  reverse order: on the 2-core CPU a runner's place in the round moved
+  its time by several percent whatever it ran (the same step timed 50.1
+  and 53.9 ms in two places of one round:
+  experiments/results/per_element_dense_cpu.txt)."""
   for run_fn in runners.values():
     jax.block_until_ready(run_fn())
   times = {name: [] for name in runners}
-  for _ in range(repeats):
-    for name, run_fn in runners.items():
+  names = list(runners)
+  for round_index in range(repeats):
+    for name in names if round_index % 2 == 0 else names[::-1]:
       begin = time.perf_counter()
-      jax.block_until_ready(run_fn())
+      jax.block_until_ready(runners[name]())
       times[name].append(time.perf_counter() - begin)
   return {k: statistics.median(v) for k, v in times.items()}
 

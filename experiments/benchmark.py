@@ -174,9 +174,12 @@ def report(title, configs, inputs, labels, repeats, peak, bank_entries):
       for name, config in configs.items()
   }
   samples = {name: [] for name in runs}
-  for _ in range(repeats):
-    for name, (run_once, _, _) in runs.items():
-      samples[name].append(run_once())
+  names = list(runs)
+  for round_index in range(repeats):
+    # Every other round in reverse: a step's place in the round shifts its
+    # time (elastic.median_times).
+    for name in names if round_index % 2 == 0 else names[::-1]:
+      samples[name].append(runs[name][0]())
   print(
       f"{'model':<12}{'compile s':>10}{'step ms':>10}{'GFLOP':>9}"
       f"{'GFLOP/s':>9}{'of matmul':>11}{'of 277':>8}"

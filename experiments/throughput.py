@@ -233,8 +233,10 @@ def run(
   for b in benches:  # Warm-up.
     b.train_once()
     b.infer_once()
-  for _ in range(repeats):
-    for b in benches:
+  for round_index in range(repeats):
+    # Every other round in reverse: a step's place in the round shifts its
+    # time (elastic.median_times).
+    for b in benches if round_index % 2 == 0 else benches[::-1]:
       samples[b.label]["train"].append(b.train_once())
       samples[b.label]["infer"].append(b.infer_once())
   device = jax.devices()[0]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adatape import layers
 from adatape import run_config
 from adatape.models import encoder
 from adatape.models import flops
@@ -56,7 +57,9 @@ class Stem(nn.Module):
           inputs.reshape(batch, 1, -1)
       )
     if self.kind == "sequence":
-      x = nn.Dense(self.width, dtype=self.dtype, name="embedding")(inputs)
+      x = layers.per_element(
+          nn.Dense(self.width, dtype=self.dtype, name="embedding"), inputs
+      )
     else:
       p = self.patch_size
       x = nn.Conv(

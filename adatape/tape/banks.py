@@ -12,6 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from adatape import layers
+
 
 class LearnableBank(nn.Module):
   """M learnable vectors shared by all examples (`bank_type='learn'`)."""
@@ -44,7 +46,9 @@ class SequenceBank(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_BxSxC: jax.Array) -> jax.Array:
-    x = nn.Dense(self.width, dtype=self.dtype, name="embed")(inputs_BxSxC)
+    x = layers.per_element(
+        nn.Dense(self.width, dtype=self.dtype, name="embed"), inputs_BxSxC
+    )
     if self.posemb:
       posemb = self.param(
           "posembed_bank", nn.initializers.normal(0.02), (1,) + x.shape[1:]
