@@ -9,8 +9,9 @@ Run (2-core CPU):
   python -m adatape.main --config=configs/parity/adatape.py --workdir=/tmp/at
 Other lengths: --config=configs/parity/adatape.py:seq_len=64
 `make demo` runs configs/parity/adatape.py:seq_len=16,steps=3000: 5 seeds
-ended at 99.90-100.00% in 63.4-67.9 s, each at or above 99.5% by 30.6-48.2 s
-(2-core CPU; experiments/results/demo_seeds.md).
+ended at 99.98-100.00% in 34.3-41.2 s, each at or above 99.5% by 15.4-29.6 s
+(2-core CPU; experiments/results/demo_seeds.md; 63.4-67.9 s on a slower VM
+with earlier code, demo_seeds_37ac62b.md).
 
 Measured (2-core CPU, this config, 12000 steps of batch 128, 5 seeds;
 experiments/results/parity32_seeds.md): final eval accuracy 99.76-99.98%,
