@@ -9,9 +9,9 @@ that compilation is not in the window. On a remote workdir the trace is
 written locally and copied there when it stops. Only process 0 traces.
 
 `op_profile` reads such a trace without TensorBoard (which a remote
-accelerator job cannot show): the XLA ops of the busiest compiled
-program, ranked by their own time, and how much of the traced span the
-device was busy. `python -m experiments.profile_ops WORKDIR` prints it;
+accelerator job cannot show): the XLA ops of the train step (or another
+program), ranked by their own time, and how much of each run the device
+was busy. `python -m experiments.profile_ops WORKDIR` prints it;
 `experiments/throughput.py --profile=DIR` traces and ranks its steps.
 """
 
@@ -174,19 +174,15 @@ def own_times(events) -> dict[tuple[str, str], list[int]]:
   for items in by_line.values():
     items.sort()
     stack = []  # [end, module, op, own ns]
-
-    def close(entry):
-      times[(entry[1], entry[2])].append(entry[3])
-
-    for start, neg_end, module, op in items:
+    # A last item starting after every end closes whatever is still open.
+    for start, neg_end, module, op in items + [(float("inf"), 0, "", "")]:
       end = -neg_end
       while stack and stack[-1][0] <= start:
-        close(stack.pop())
+        _, closed_module, closed_op, own = stack.pop()
+        times[(closed_module, closed_op)].append(own)
       if stack:
         stack[-1][3] -= end - start
       stack.append([end, module, op, end - start])
-    while stack:
-      close(stack.pop())
   return times
 
 
