@@ -48,7 +48,7 @@ no running token attends to them, so the logits equal the padded run's
 import dataclasses
 import statistics
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -103,24 +103,29 @@ def parse_buckets(
   return buckets
 
 
+def interleaved(items: Iterable[Any], repeats: int) -> Iterator[Any]:
+  """The items round after round, `repeats` rounds, so that drift hits all
+  alike; every other round in reverse order, because on the 2-core CPU a
+  step's place in the round moved its time by several percent whatever it
+  ran (the same step timed 50.1 and 53.9 ms in two places of one round:
+  experiments/results/per_element_dense_cpu.txt)."""
+  items = list(items)
+  for round_index in range(repeats):
+    yield from items if round_index % 2 == 0 else items[::-1]
+
+
 def median_times(
     runners: dict[Any, Callable[[], Any]], repeats: int
 ) -> dict[Any, float]:
-  """Median seconds of each runner, after a warm-up call of each, in
-  interleaved rounds (so drift hits all alike), every other round in
-  reverse order: on the 2-core CPU a runner's place in the round moved
-  its time by several percent whatever it ran (the same step timed 50.1
-  and 53.9 ms in two places of one round:
-  experiments/results/per_element_dense_cpu.txt)."""
+  """Median seconds of each runner, after a warm-up call of each, timed in
+  `interleaved` rounds."""
   for run_fn in runners.values():
     jax.block_until_ready(run_fn())
   times = {name: [] for name in runners}
-  names = list(runners)
-  for round_index in range(repeats):
-    for name in names if round_index % 2 == 0 else names[::-1]:
-      begin = time.perf_counter()
-      jax.block_until_ready(runners[name]())
-      times[name].append(time.perf_counter() - begin)
+  for name in interleaved(runners, repeats):
+    begin = time.perf_counter()
+    jax.block_until_ready(runners[name]())
+    times[name].append(time.perf_counter() - begin)
   return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adatape import elastic
 from adatape import models
 from adatape import optim
 from adatape import tape
@@ -174,12 +175,8 @@ def report(title, configs, inputs, labels, repeats, peak, bank_entries):
       for name, config in configs.items()
   }
   samples = {name: [] for name in runs}
-  names = list(runs)
-  for round_index in range(repeats):
-    # Every other round in reverse: a step's place in the round shifts its
-    # time (elastic.median_times).
-    for name in names if round_index % 2 == 0 else names[::-1]:
-      samples[name].append(runs[name][0]())
+  for name in elastic.interleaved(runs, repeats):
+    samples[name].append(runs[name][0]())
   print(
       f"{'model':<12}{'compile s':>10}{'step ms':>10}{'GFLOP':>9}"
       f"{'GFLOP/s':>9}{'of matmul':>11}{'of 277':>8}"

@@ -49,6 +49,7 @@ import numpy as np
 
 from adatape import analysis
 from adatape import checkpointing
+from adatape import elastic
 from adatape import models
 from adatape import optim
 from adatape import profiling
@@ -208,7 +209,7 @@ class Bench:
     ).compile()
     self.train_compile_s = time.perf_counter() - start
     self.train_gflops = _cost_gflops(step_compiled) / batch
-    self.train_hlo = step_compiled.as_text()
+    self._step_compiled = step_compiled
     cost = forward_cost(config, state.params, images, num_classes)
     self.infer_compile_s = cost.compile_s
     self.static_gflops = cost.static_gflops
@@ -224,6 +225,12 @@ class Bench:
     self.infer_once = _timer(cost.forward, state.params, images)
     self.batch = batch
 
+  @property
+  def train_hlo(self) -> str:
+    """The compiled train step's HLO text, which names each op's source
+    line (`profiling.op_sources`); taken only when a profile needs it."""
+    return self._step_compiled.as_text()
+
 
 def run(
     benches: list[Bench], repeats: int, report=print
@@ -233,12 +240,9 @@ def run(
   for b in benches:  # Warm-up.
     b.train_once()
     b.infer_once()
-  for round_index in range(repeats):
-    # Every other round in reverse: a step's place in the round shifts its
-    # time (elastic.median_times).
-    for b in benches if round_index % 2 == 0 else benches[::-1]:
-      samples[b.label]["train"].append(b.train_once())
-      samples[b.label]["infer"].append(b.infer_once())
+  for b in elastic.interleaved(benches, repeats):
+    samples[b.label]["train"].append(b.train_once())
+    samples[b.label]["infer"].append(b.infer_once())
   device = jax.devices()[0]
   peaks = {d: matmul_peak_tflops(d) for d in {b.dtype for b in benches}}
   report(
@@ -395,6 +399,9 @@ def main():
   )
   args = parser.parse_args()
   try:
+    for flag in ("batch", "repeats", "profile_top"):
+      value = getattr(args, flag)
+      run_config.check(value >= 1, f"--{flag}={value} must be >= 1")
     loaded = [
         (spec, run_config.load(spec, f"--spec={spec}"), None)
         for spec in args.spec or ([] if args.workdir else DEFAULT_SPECS)

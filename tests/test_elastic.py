@@ -196,11 +196,13 @@ def test_the_script_times_a_random_init_image_model_and_refuses_others(
           "--group=4",
           "--buckets=tuned",
           "--dtype=float32",
+          "--max_tokens=3",  # Fewer tape lengths to compile and time.
       ]
   )
   out = capsys.readouterr().out.strip().splitlines()
   assert code == 0, out
   assert "random init" in out[1] and "8 examples in batches of 4" in out[1]
+  assert "T=3," in out[1]
   for mode in ("padded ", "padded/chunk ", "padded+exit ", "elastic "):
     assert any(line.startswith(mode) for line in out), mode
   assert any(line.startswith("blocks after the tape") for line in out)

@@ -78,6 +78,7 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
   (dump / "module_0001.jit_looped.cpu_after_optimizations.txt").write_text(
       looped.lower(x, 5).compile().as_text()
   )
+  out = tmp_path / "ops.txt"
   proc = _profile_ops(
       str(tmp_path), "--module=looped", "--top=2", f"--hlo={dump}"
   )
@@ -89,6 +90,20 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
   lines = profiling.report(profile, top=2)
   assert "3 run(s); per step of 3" in lines[1]
   assert any(line.endswith("others)") for line in lines)
+  # --steps divides by the steps given (3 runs as one step: 3x the time
+  # and calls per step); --out writes what it printed.
+  proc = _profile_ops(
+      str(tmp_path), "--module=looped", "--steps=1", f"--out={out}"
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  written = out.read_text().splitlines()
+  assert proc.stdout.splitlines() == written + [f"wrote {out}"]
+  assert written[0].endswith(f"--steps=1 --out={out}")
+  assert written[1:] == profiling.report(profile, steps=1)
+  assert "3 run(s); per step of 1" in written[2]
+  kinds = next(i for i, line in enumerate(written) if "kind of op" in line)
+  op_rows = written[4:kinds]
+  assert max(float(row.split()[2]) for row in op_rows) == 18
 
 
 def test_missing_traces_are_one_line_errors(tmp_path):

@@ -432,6 +432,17 @@ def test_heatmap_table_and_throughput_of_a_streamed_run(
   for i in headers:
     assert f"{throughput.PROFILE_STEPS} run(s)" in lines[i + 2]
     assert "jit_train_step" in lines[i + 2]
+    # The top 5 ops, then the rest added up in one row.
+    assert "calls/step  op" in lines[i + 3]
+    assert lines[i + 9].endswith(" others)")
+    assert "calls/step  kind of op" in lines[i + 10]
+
+
+def test_throughput_counts_below_one_are_one_line_errors(monkeypatch):
+  for flag in ("--batch=0", "--repeats=0", "--profile_top=0"):
+    monkeypatch.setattr(sys, "argv", ["throughput.py", flag])
+    with pytest.raises(SystemExit, match=f"^error: {flag} must be >= 1$"):
+      throughput.main()
 
 
 def test_few_step_training_under_tfds_mock_data(datasets, tmp_path):
