@@ -78,7 +78,6 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
   (dump / "module_0001.jit_looped.cpu_after_optimizations.txt").write_text(
       looped.lower(x, 5).compile().as_text()
   )
-  out = tmp_path / "ops.txt"
   proc = _profile_ops(
       str(tmp_path), "--module=looped", "--top=2", f"--hlo={dump}"
   )
@@ -90,8 +89,9 @@ def test_a_loop_body_counts_one_call_per_iteration(tmp_path):
   lines = profiling.report(profile, top=2)
   assert "3 run(s); per step of 3" in lines[1]
   assert any(line.endswith("others)") for line in lines)
-  # --steps divides by the steps given (3 runs as one step: 3x the time
-  # and calls per step); --out writes what it printed.
+  # --steps divides by the steps given (3 runs as one step: the loop's
+  # condition 18 calls per step, not 6); --out writes what it printed.
+  out = tmp_path / "ops.txt"
   proc = _profile_ops(
       str(tmp_path), "--module=looped", "--steps=1", f"--out={out}"
   )
