@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import flax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -118,25 +117,24 @@ def test_init_from_must_hold_checkpoints(tmp_path):
   assert not workdir.exists()
 
 
-def test_init_from_a_run_sharing_no_parameter_is_refused(tmp_path):
-  source = ml_collections.ConfigDict(pvr_transformer.get_config("tiny"))
-  source.total_steps = 2
-  train.train_and_evaluate(source, str(tmp_path / "source"))
+def test_init_from_a_run_sharing_no_parameter_is_refused(compared, tmp_path):
+  root, _ = compared
   config = pvr_transformer.get_config("tiny")
-  config.model.width = 8  # Every shape differs.
+  config.model.width = 8  # Every shape differs from the trained run's.
   config.model.mlp_dim = 8
   config.data.seq_len = 7
-  config.init_from = str(tmp_path / "source")
+  config.init_from = str(root / "pvr_transformer")
   with pytest.raises(run_config.ConfigError, match="shares no parameter"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_a_started_run_does_not_read_init_from_again(tmp_path):
+def test_a_started_run_does_not_read_init_from_again(compared, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   from configs.pvr import acm as pvr_acm  # pylint: disable=g-import-not-at-top
 
-  source = pvr_transformer.get_config("tiny")
-  train.train_and_evaluate(source, str(tmp_path / "teacher"))
+  # A copy of the comparison's tiny PVR Transformer, to be deleted below.
+  root, _ = compared
+  shutil.copytree(root / "pvr_transformer", tmp_path / "teacher")
   config = pvr_acm.get_config(f"tiny,stage=distill,init={tmp_path / 'teacher'}")
   first = train.train_and_evaluate(config, str(tmp_path / "run"))
   shutil.rmtree(tmp_path / "teacher")
