@@ -9,10 +9,10 @@ the trainer built them, and the parameters of one checkpoint.
 """
 
 import json
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -113,39 +113,35 @@ def eval_inputs(run: assemble.Run, examples: int = 0) -> np.ndarray:
   return inputs[:examples] if examples else inputs
 
 
-def inference_speed(
-    run: assemble.Run, params: Any, inputs: np.ndarray, repeats: int = 3
-) -> float:
-  """Examples per second of inference over `inputs` (median of `repeats`
-  passes after a warm-up): elastic execution for an AdaTape model with one
-  tape (`adatape/elastic.py`), the jitted forward for any other model."""
+def inference_runners(
+    run: assemble.Run, params: Any, inputs: np.ndarray
+) -> dict[str, Callable[[], Any]]:
+  """Zero-argument calls that run inference over all of `inputs`, to time
+  (`elastic.median_times`): for an AdaTape model with one tape, "elastic"
+  (`elastic.Predictor`, default buckets) and "padded" (the same model's
+  jitted forward, every tape slot, in chunks of the predictor's size, so
+  that the two differ only in what the tape allows); for any other model,
+  "padded": its jitted forward on the whole of `inputs`."""
   cfg = run.model.config
+  inputs = jnp.asarray(inputs)
   if getattr(cfg, "tape", None) is not None and len(cfg.tape.layers) == 1:
     predict = elastic.Predictor(run.model, params)
-
-    def once():
-      return predict(inputs).logits
-
-  else:
-    forward = jax.jit(
-        lambda p, x: run.model.apply(
-            {"params": p},
-            x,
-            train=False,
-            rngs={"halting": jax.random.key(0)},
-        ).logits
+    padded = elastic.forward_in_chunks(
+        run.model, min(predict.chunk, len(inputs))
     )
-
-    def once():
-      return jax.block_until_ready(forward(params, inputs))
-
-  once()  # Compiles every shape.
-  times = []
-  for _ in range(repeats):
-    begin = time.perf_counter()
-    once()
-    times.append(time.perf_counter() - begin)
-  return len(inputs) / float(np.median(times))
+    return {
+        "elastic": lambda: predict(inputs).logits,
+        "padded": lambda: padded(params, inputs),
+    }
+  forward = jax.jit(
+      lambda p, x: run.model.apply(
+          {"params": p},
+          x,
+          train=False,
+          rngs={"halting": jax.random.key(0)},
+      ).logits
+  )
+  return {"padded": lambda: forward(params, inputs)}
 
 
 def output_per_example(

@@ -6,10 +6,16 @@ r"""Turn the budget knob of a trained run at inference.
 Evaluates one checkpoint of RUN at every (halting threshold, maximum tape
 length) pair and writes RUN/budget.{md,csv,png}: eval accuracy against
 compute: the model's own measure (mean tape length), analytic GFLOPs per
-example, and measured inference speed (examples/s of elastic execution,
-`adatape/elastic.py`, over the first --speed_examples eval examples; a
-plain jitted forward for other models), plus the effective sequence length
-(main tokens plus the mean tape).
+example, and measured inference speed over the first --speed_examples eval
+examples, plus the effective sequence length (main tokens plus the mean
+tape). For AdaTape the speed is that of elastic execution
+(`adatape/elastic.py`, `examples_per_s`) and, beside it, of the padded
+forward in the same chunks (`padded_examples_per_s`), so each point says
+what its tape saved in time as well as in FLOPs; other models have the
+jitted forward only. Every point is timed in the same interleaved rounds
+(`elastic.median_times`, --speed_repeats of them) after all are compiled,
+so drift on a shared machine hits every point alike instead of the ones
+timed last.
 For AdaTape the threshold is `tape.epsilon` and the maximum length
 `tape.num_tokens`; no parameter depends on either, so one set of weights
 serves every point. For ACT models (Universal Transformer) the threshold is
@@ -35,8 +41,13 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _SPEED_EXAMPLES = flags.DEFINE_integer(
     "speed_examples",
     2048,
-    "Eval examples timed at each point (elastic inference for AdaTape); "
+    "Eval examples timed at each point (elastic and padded for AdaTape); "
     "0: no timing.",
+)
+_SPEED_REPEATS = flags.DEFINE_integer(
+    "speed_repeats",
+    5,
+    "Timing rounds; each point's speed is the median over the rounds.",
 )
 
 
@@ -67,28 +78,37 @@ def budget_points(config, thresholds, max_tokens):
 
 
 def evaluate_budgets(
-    workdir, thresholds, max_tokens, step=None, speed_examples=2048
+    workdir,
+    thresholds,
+    max_tokens,
+    step=None,
+    speed_examples=2048,
+    speed_repeats=5,
 ):
   """Evaluates every point; returns rows of metrics, with the measured
-  inference speed on the first `speed_examples` eval examples (elastic
-  execution for AdaTape; 0: not measured)."""
+  inference speed on the first `speed_examples` eval examples (0: not
+  measured), the median of `speed_repeats` interleaved rounds over all
+  points."""
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
   from adatape import analysis
   from adatape import assemble
   from adatape import checkpointing
+  from adatape import elastic
   from adatape import parallel
   from adatape import run_config
   from adatape import train
   # pylint: enable=g-import-not-at-top
 
+  if speed_examples and speed_repeats < 1:
+    _fail(f"--speed_repeats={speed_repeats} must be >= 1")
   try:
     base, step, params = analysis.read_run(workdir, step)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     _fail(str(e))
 
-  rows = []
+  rows, runners, labels = [], {}, []
   for overrides in budget_points(base, thresholds, max_tokens):
     config = ml_collections.ConfigDict(base.to_dict())
     config.update_from_flattened_dict(overrides)
@@ -119,22 +139,43 @@ def evaluate_budgets(
           run.model.config.main_tokens() + metrics["eval/tape_length"]
       )
     if speed_examples:
-      row["examples_per_s"] = analysis.inference_speed(
-          run, params, analysis.eval_inputs(run, speed_examples)
-      )
+      inputs = analysis.eval_inputs(run, speed_examples)
+      for kind, call in analysis.inference_runners(run, params, inputs).items():
+        runners[len(rows), kind] = call
+      row["speed_examples"] = len(inputs)
     rows.append(row)
+    labels.append(label)
     cost = [m for m in run.metrics if m.label]
     print(
         f"{label}: accuracy {metrics['eval/accuracy']:.4f}"
         + "".join(f", {m.label} {metrics[f'eval/{m.name}']:.2f}" for m in cost)
-        + f", {metrics['eval/gflops'] * 1e3:.4g} MFLOPs"
-        + (
-            f", {row['examples_per_s']:.0f} ex/s"
-            if "examples_per_s" in row
-            else ""
-        ),
+        + f", {metrics['eval/gflops'] * 1e3:.4g} MFLOPs",
         flush=True,
     )
+  if runners:
+    # Compiled (the warm-up call of each), then timed round after round.
+    seconds = elastic.median_times(runners, speed_repeats)
+    print(
+        f"inference speed, median of {speed_repeats} interleaved rounds:",
+        flush=True,
+    )
+    for index, row in enumerate(rows):
+      speed = {
+          kind: row["speed_examples"] / seconds[i, kind]
+          for i, kind in runners
+          if i == index
+      }
+      row["examples_per_s"] = speed.get("elastic", speed["padded"])
+      if "elastic" in speed:
+        row["padded_examples_per_s"] = speed["padded"]
+        print(
+            f"  {labels[index]}: elastic {speed['elastic']:.0f} ex/s, padded "
+            f"{speed['padded']:.0f} ex/s (elastic "
+            f"{speed['elastic'] / speed['padded'] - 1:+.1%})",
+            flush=True,
+        )
+      else:  # Not AdaTape: its forward only.
+        print(f"  {labels[index]}: {speed['padded']:.0f} ex/s", flush=True)
   return rows
 
 
@@ -160,8 +201,14 @@ def write_outputs(rows, workdir):
   fig, axes = plt.subplots(
       1, len(axes_keys), figsize=(4.5 * len(axes_keys), 3.5), squeeze=False
   )
+  accuracy = [r["eval/accuracy"] for r in rows]
+  padded = [r.get("padded_examples_per_s") for r in rows]
   for ax, key in zip(axes[0], axes_keys):
-    ax.plot([r[key] for r in rows], [r["eval/accuracy"] for r in rows], "o-")
+    ax.plot([r[key] for r in rows], accuracy, "o-")
+    if key == "examples_per_s" and None not in padded:
+      # The same points run padded: how far right elastic moved each.
+      ax.plot(padded, accuracy, "s", mfc="none", color="gray")
+      ax.legend(["elastic", "padded"], fontsize=7)
     for r in rows:
       ax.annotate(
           ",".join(
@@ -175,7 +222,7 @@ def write_outputs(rows, workdir):
     ax.set_xlabel(
         {
             "eval/gflops": "analytic GFLOPs per example",
-            "examples_per_s": "measured inference examples/s (elastic)",
+            "examples_per_s": "measured inference examples/s",
         }.get(key, key)
     )
     ax.set_ylabel("eval/accuracy")
@@ -200,6 +247,7 @@ def main(argv):
       max_tokens,
       _STEP.value,
       _SPEED_EXAMPLES.value,
+      _SPEED_REPEATS.value,
   )
   write_outputs(rows, _WORKDIR.value)
 

@@ -74,17 +74,6 @@ def forward(model):
   return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).logits)
 
 
-def forward_in_chunks(model, chunk: int):
-  """The same, on `chunk` examples at a time in one compiled loop (the
-  batch filled up to whole chunks with copies of its last example, as the
-  elastic predictors do)."""
-  return jax.jit(
-      lambda p, x: elastic.map_in_groups(
-          lambda c: model.apply({"params": p}, c, train=False).logits, x, chunk
-      )
-  )
-
-
 def _random_init(config, padded_config, examples):
   """A model of `config` at its initial parameters and random images of its
   input shape (no dataset needed): (model, padded model, params, inputs)."""
@@ -191,7 +180,9 @@ def main(argv: list[str]) -> int:
   batches = split(inputs, args.batch)
   used = sum(len(b) for b in batches)
   padded, exiting = forward(padded_model), forward(model)
-  padded_chunks = forward_in_chunks(padded_model, min(args.chunk, args.batch))
+  padded_chunks = elastic.forward_in_chunks(
+      padded_model, min(args.chunk, args.batch)
+  )
   prefix = jax.jit(
       lambda p, x: elastic.Prefix(model.config).apply({"params": p}, x)
   )

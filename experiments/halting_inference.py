@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
   )
   used = sum(len(b) for b in batches)
   padded = elastic_inference.forward(run.model)
-  padded_chunks = elastic_inference.forward_in_chunks(
+  padded_chunks = elastic.forward_in_chunks(
       run.model, min(args.chunk, args.batch)
   )
   outs = [predictor(b) for b in batches]

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from adatape import budget
@@ -40,7 +41,54 @@ def test_budget_points_follow_the_threshold(run_dir, capsys):
     assert r["eval/examples"] == 40
     # One main token (the flattened sequence) plus the mean tape.
     assert r["effective_length"] == 1 + r["eval/tape_length"]
-    assert r["examples_per_s"] > 0 and r["eval/gflops"] > 0
+    assert r["eval/gflops"] > 0 and r["speed_examples"] == 40
+    assert r["examples_per_s"] > 0 and r["padded_examples_per_s"] > 0
+
+
+def test_every_point_is_timed_in_the_same_rounds(run_dir, monkeypatch):
+  """One timing call over every point's elastic and padded runs, so drift
+  on a shared machine cannot favour the points timed first; each runner
+  is the computation of its own point."""
+  from adatape import elastic  # pylint: disable=g-import-not-at-top
+
+  calls = []
+
+  def fake_median_times(runners, repeats):
+    calls.append((repeats, runners))
+    return {name: 0.5 for name in runners}
+
+  monkeypatch.setattr(elastic, "median_times", fake_median_times)
+  rows = budget.evaluate_budgets(
+      run_dir, [2.0, 4.0], [4], speed_examples=8, speed_repeats=3
+  )
+  assert len(calls) == 1 and calls[0][0] == 3
+  runners = calls[0][1]
+  assert sorted(runners) == [
+      (0, "elastic"),
+      (0, "padded"),
+      (1, "elastic"),
+      (1, "padded"),
+  ]
+  # The runners compute their own point: elastic logits equal the padded
+  # forward's per example, and epsilon 2 and 4 read different tapes.
+  logits = {name: np.asarray(call()) for name, call in runners.items()}
+  assert logits[0, "elastic"].shape == (8, 2)
+  np.testing.assert_allclose(
+      logits[0, "elastic"], logits[0, "padded"], rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+      logits[1, "elastic"], logits[1, "padded"], rtol=1e-5, atol=1e-5
+  )
+  assert not np.allclose(logits[0, "elastic"], logits[1, "elastic"])
+  for r in rows:  # 8 examples in 0.5 s.
+    assert r["examples_per_s"] == r["padded_examples_per_s"] == 16.0
+
+
+def test_no_timing_rounds_is_refused(run_dir, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    budget.evaluate_budgets(run_dir, [2.0], [4], speed_repeats=0)
+  assert exit_info.value.code == 2
+  assert "--speed_repeats=0 must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_writes_table_csv_and_plot(run_dir):
