@@ -114,25 +114,40 @@ def eval_inputs(run: assemble.Run, examples: int = 0) -> np.ndarray:
 
 
 def inference_runners(
-    run: assemble.Run, params: Any, inputs: np.ndarray
-) -> dict[str, Callable[[], Any]]:
-  """Zero-argument calls that run inference over all of `inputs`, to time
-  (`elastic.median_times`): for an AdaTape model with one tape, "elastic"
-  (`elastic.Predictor`, default buckets) and "padded" (the same model's
-  jitted forward, every tape slot, in chunks of the predictor's size, so
-  that the two differ only in what the tape allows); for any other model,
-  "padded": its jitted forward on the whole of `inputs`."""
+    run: assemble.Run,
+    params: Any,
+    inputs: np.ndarray,
+    batch: int = 1024,
+    chunk: int = 128,
+) -> tuple[dict[str, Callable[[], Any]], int]:
+  """Zero-argument calls that run inference over `inputs` in batches, to
+  time (`elastic.median_times`), and the number of examples each call runs.
+
+  For an AdaTape model with one tape: "elastic" (`elastic.Predictor` on
+  each batch, default buckets, chunks of `chunk`) and "padded" (the same
+  model's jitted forward, every tape slot, in the same chunks), so that
+  the two differ only in what the tape allows; for any other model,
+  "padded": its jitted forward on each batch. Only whole chunks are run
+  (the examples cut down to whole batches of whole chunks, `batch` a
+  multiple of `chunk`, both shrunk to fit fewer examples), since rows
+  filled up to a chunk would be work neither execution needs.
+  """
+  batch = min(batch, len(inputs))
+  chunk = min(chunk, batch)
+  batch = batch // chunk * chunk
+  batches = [
+      jnp.asarray(inputs[i : i + batch])
+      for i in range(0, len(inputs) - batch + 1, batch)
+  ]
+  used = batch * len(batches)
   cfg = run.model.config
-  inputs = jnp.asarray(inputs)
   if getattr(cfg, "tape", None) is not None and len(cfg.tape.layers) == 1:
-    predict = elastic.Predictor(run.model, params)
-    padded = elastic.forward_in_chunks(
-        run.model, min(predict.chunk, len(inputs))
-    )
+    predict = elastic.Predictor(run.model, params, chunk=chunk)
+    padded = elastic.forward_in_chunks(run.model, chunk)
     return {
-        "elastic": lambda: predict(inputs).logits,
-        "padded": lambda: padded(params, inputs),
-    }
+        "elastic": lambda: [predict(b).logits for b in batches],
+        "padded": lambda: [padded(params, b) for b in batches],
+    }, used
   forward = jax.jit(
       lambda p, x: run.model.apply(
           {"params": p},
@@ -141,7 +156,7 @@ def inference_runners(
           rngs={"halting": jax.random.key(0)},
       ).logits
   )
-  return {"padded": lambda: forward(params, inputs)}
+  return {"padded": lambda: [forward(params, b) for b in batches]}, used
 
 
 def output_per_example(

@@ -1,14 +1,16 @@
 r"""Turn the budget knob of a trained run at inference.
 
   python -m adatape.budget --workdir=RUN --thresholds=1,2,4 \
-      [--max_tokens=4,8] [--step=N]
+      [--max_tokens=4,8] [--step=N] [--speed_examples=N] \
+      [--speed_batch=B] [--speed_chunk=C] [--speed_repeats=R]
 
 Evaluates one checkpoint of RUN at every (halting threshold, maximum tape
 length) pair and writes RUN/budget.{md,csv,png}: eval accuracy against
 compute: the model's own measure (mean tape length), analytic GFLOPs per
 example, and measured inference speed over the first --speed_examples eval
-examples, plus the effective sequence length (main tokens plus the mean
-tape). For AdaTape the speed is that of elastic execution
+examples (in batches of --speed_batch, cut to whole chunks of
+--speed_chunk), plus the effective sequence length (main tokens plus the
+mean tape). For AdaTape the speed is that of elastic execution
 (`adatape/elastic.py`, `examples_per_s`) and, beside it, of the padded
 forward in the same chunks (`padded_examples_per_s`), so each point says
 what its tape saved in time as well as in FLOPs; other models have the
@@ -49,6 +51,16 @@ _SPEED_REPEATS = flags.DEFINE_integer(
     5,
     "Timing rounds; each point's speed is the median over the rounds.",
 )
+_SPEED_BATCH = flags.DEFINE_integer(
+    "speed_batch",
+    0,
+    "Examples per inference call when timing (0: the run's eval batch).",
+)
+_SPEED_CHUNK = flags.DEFINE_integer(
+    "speed_chunk",
+    128,
+    "Examples per chunk when timing (elastic and padded alike).",
+)
 
 
 def _fail(message: str) -> None:
@@ -84,11 +96,14 @@ def evaluate_budgets(
     step=None,
     speed_examples=2048,
     speed_repeats=5,
+    speed_batch=0,
+    speed_chunk=128,
 ):
   """Evaluates every point; returns rows of metrics, with the measured
   inference speed on the first `speed_examples` eval examples (0: not
-  measured), the median of `speed_repeats` interleaved rounds over all
-  points."""
+  measured) in batches of `speed_batch` (0: the run's eval batch) and
+  chunks of `speed_chunk`, the median of `speed_repeats` interleaved
+  rounds over all points."""
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
@@ -101,8 +116,14 @@ def evaluate_budgets(
   from adatape import train
   # pylint: enable=g-import-not-at-top
 
-  if speed_examples and speed_repeats < 1:
-    _fail(f"--speed_repeats={speed_repeats} must be >= 1")
+  if speed_examples:
+    if speed_repeats < 1:
+      _fail(f"--speed_repeats={speed_repeats} must be >= 1")
+    if speed_chunk < 1 or speed_batch < 0 or speed_batch % speed_chunk:
+      _fail(
+          f"--speed_batch={speed_batch} must be 0 (the run's eval batch) or "
+          f"a multiple of --speed_chunk={speed_chunk} >= 1"
+      )
   try:
     base, step, params = analysis.read_run(workdir, step)
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
@@ -139,10 +160,15 @@ def evaluate_budgets(
           run.model.config.main_tokens() + metrics["eval/tape_length"]
       )
     if speed_examples:
-      inputs = analysis.eval_inputs(run, speed_examples)
-      for kind, call in analysis.inference_runners(run, params, inputs).items():
+      point_runners, row["speed_examples"] = analysis.inference_runners(
+          run,
+          params,
+          analysis.eval_inputs(run, speed_examples),
+          speed_batch or run.schedule.eval_batch_size,
+          speed_chunk,
+      )
+      for kind, call in point_runners.items():
         runners[len(rows), kind] = call
-      row["speed_examples"] = len(inputs)
     rows.append(row)
     labels.append(label)
     cost = [m for m in run.metrics if m.label]
@@ -248,6 +274,8 @@ def main(argv):
       _STEP.value,
       _SPEED_EXAMPLES.value,
       _SPEED_REPEATS.value,
+      _SPEED_BATCH.value,
+      _SPEED_CHUNK.value,
   )
   write_outputs(rows, _WORKDIR.value)
 

@@ -41,7 +41,9 @@ def test_budget_points_follow_the_threshold(run_dir, capsys):
     assert r["eval/examples"] == 40
     # One main token (the flattened sequence) plus the mean tape.
     assert r["effective_length"] == 1 + r["eval/tape_length"]
-    assert r["eval/gflops"] > 0 and r["speed_examples"] == 40
+    assert r["eval/gflops"] > 0
+    # Timed on whole batches of the run's eval batch (32): 32 of the 40.
+    assert r["speed_examples"] == 32
     assert r["examples_per_s"] > 0 and r["padded_examples_per_s"] > 0
 
 
@@ -58,8 +60,15 @@ def test_every_point_is_timed_in_the_same_rounds(run_dir, monkeypatch):
     return {name: 0.5 for name in runners}
 
   monkeypatch.setattr(elastic, "median_times", fake_median_times)
+  # 20 examples in batches of 8, chunks of 4: two whole batches, 16 run.
   rows = budget.evaluate_budgets(
-      run_dir, [2.0, 4.0], [4], speed_examples=8, speed_repeats=3
+      run_dir,
+      [2.0, 4.0],
+      [4],
+      speed_examples=20,
+      speed_repeats=3,
+      speed_batch=8,
+      speed_chunk=4,
   )
   assert len(calls) == 1 and calls[0][0] == 3
   runners = calls[0][1]
@@ -71,24 +80,38 @@ def test_every_point_is_timed_in_the_same_rounds(run_dir, monkeypatch):
   ]
   # The runners compute their own point: elastic logits equal the padded
   # forward's per example, and epsilon 2 and 4 read different tapes.
-  logits = {name: np.asarray(call()) for name, call in runners.items()}
-  assert logits[0, "elastic"].shape == (8, 2)
-  np.testing.assert_allclose(
-      logits[0, "elastic"], logits[0, "padded"], rtol=1e-5, atol=1e-5
-  )
-  np.testing.assert_allclose(
-      logits[1, "elastic"], logits[1, "padded"], rtol=1e-5, atol=1e-5
-  )
+  logits = {}
+  for name, call in runners.items():
+    batches = call()
+    assert [b.shape for b in batches] == [(8, 2), (8, 2)], name
+    logits[name] = np.concatenate(batches)
+  for point in (0, 1):
+    np.testing.assert_allclose(
+        logits[point, "elastic"], logits[point, "padded"], rtol=1e-5, atol=1e-5
+    )
   assert not np.allclose(logits[0, "elastic"], logits[1, "elastic"])
-  for r in rows:  # 8 examples in 0.5 s.
-    assert r["examples_per_s"] == r["padded_examples_per_s"] == 16.0
+  for r in rows:  # 16 examples in 0.5 s.
+    assert r["speed_examples"] == 16
+    assert r["examples_per_s"] == r["padded_examples_per_s"] == 32.0
 
 
-def test_no_timing_rounds_is_refused(run_dir, capsys):
+@pytest.mark.parametrize(
+    "speed, message",
+    [
+        ({"speed_repeats": 0}, "--speed_repeats=0 must be >= 1"),
+        (
+            {"speed_batch": 12, "speed_chunk": 8},
+            "--speed_batch=12 must be 0 (the run's eval batch) or a multiple "
+            "of --speed_chunk=8",
+        ),
+        ({"speed_chunk": 0}, "a multiple of --speed_chunk=0 >= 1"),
+    ],
+)
+def test_bad_timing_flags_are_refused(run_dir, capsys, speed, message):
   with pytest.raises(SystemExit) as exit_info:
-    budget.evaluate_budgets(run_dir, [2.0], [4], speed_repeats=0)
+    budget.evaluate_budgets(run_dir, [2.0], [4], **speed)
   assert exit_info.value.code == 2
-  assert "--speed_repeats=0 must be >= 1" in capsys.readouterr().err
+  assert message in capsys.readouterr().err
 
 
 def test_cli_writes_table_csv_and_plot(run_dir):
