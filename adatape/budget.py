@@ -230,7 +230,9 @@ def write_outputs(rows, workdir):
   accuracy = [r["eval/accuracy"] for r in rows]
   padded = [r.get("padded_examples_per_s") for r in rows]
   for ax, key in zip(axes[0], axes_keys):
-    ax.plot([r[key] for r in rows], accuracy, "o-")
+    # Markers only: the points are settings, not a curve.
+    ax.plot([r[key] for r in rows], accuracy, "o")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(4))
     if key == "examples_per_s" and None not in padded:
       # The same points run padded: how far right elastic moved each.
       ax.plot(padded, accuracy, "s", mfc="none", color="gray")
