@@ -2,7 +2,7 @@ r"""Padded vs compacted inference of a trained A-ViT run: time and FLOPs.
 
   python -m experiments.halting_inference --workdir=RUN [--batch=N] \
       [--budgets=4,8,12,16] [--chunk=C] [--examples=N] [--repeats=R] \
-      [--out=FILE]
+      [--out=FILE] [--processes=P]
 
 A-ViT halts tokens layer by layer, but under jit every layer still runs
 on all L tokens, halted ones masked. `adatape.elastic.HaltingPredictor`
@@ -16,7 +16,8 @@ and prints the theoretical saving (1 - the model's analytic FLOPs of the
 running tokens / those of all tokens in every layer,
 `adatape/models/flops.py`), the saving the budgets allow, and the
 realized one against the faster padded run. Last line:
-`realized X% of time saved, theoretical Y%`.
+`realized X% of time saved, theoretical Y%`. --processes=P: the same in P
+fresh processes and their median, as in `experiments/elastic_inference.py`.
 """
 
 import argparse
@@ -45,7 +46,23 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--examples", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--out", default="", help="also write the report here")
+  parser.add_argument(
+      "--processes",
+      type=int,
+      default=1,
+      help="run the whole timing in this many fresh processes, one after "
+      "another, and report each and their median",
+  )
   args = parser.parse_args(argv)
+  try:
+    elastic_inference.check_processes(args.processes)
+  except run_config.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.processes > 1:
+    return elastic_inference.in_processes(
+        "experiments.halting_inference", argv, args.processes, args.out
+    )
   try:
     config, step, params = analysis.read_run(args.workdir)
     run_config.check(

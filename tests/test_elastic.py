@@ -219,6 +219,75 @@ def test_the_script_times_a_random_init_image_model_and_refuses_others(
     assert message in err and len(err.splitlines()) == 1, err
 
 
+# A stand-in for a timing script, cheap to start: it reports its argv and
+# the pass it was (from a counter file), ends with the script's last line,
+# and fails the way a script does when told to.
+_FAKE_TIMING = """
+import pathlib, sys
+args = sys.argv[1:]
+if "--fail" in args:
+  print("error: told to fail", file=sys.stderr)
+  sys.exit(2)
+counter = pathlib.Path(args[0])
+index = len(counter.read_text()) if counter.exists() else 0
+counter.write_text("x" * (index + 1))
+print("# argv", " ".join(args))
+saving = ["-5.6", "2.0", "-1.2"][index]
+print("realized " + saving + "% of time saved, theoretical 11.2%")
+"""
+
+
+def test_processes_time_in_fresh_processes_and_report_the_median(
+    tmp_path, monkeypatch, capsys
+):
+  from experiments import elastic_inference  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "fake_timing.py").write_text(_FAKE_TIMING)
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  counter, out = str(tmp_path / "counter"), tmp_path / "report.txt"
+  code = elastic_inference.in_processes(
+      "fake_timing", [counter, "--repeats=3"], 3, str(out)
+  )
+  assert code == 0
+  lines = out.read_text().strip().splitlines()
+  assert capsys.readouterr().out.strip().splitlines() == lines
+  argv = f"# argv {counter} --repeats=3 --processes=1 --out="
+  assert lines == [
+      "## pass 1 of 3",
+      argv,
+      "realized -5.6% of time saved, theoretical 11.2%",
+      "## pass 2 of 3",
+      argv,
+      "realized 2.0% of time saved, theoretical 11.2%",
+      "## pass 3 of 3",
+      argv,
+      "realized -1.2% of time saved, theoretical 11.2%",
+      "realized per process: -5.6 / 2.0 / -1.2%",
+      "realized -1.2% of time saved, theoretical 11.2% (median of 3 "
+      "processes)",
+  ]
+  # A failing process: its error and exit code, and no report written.
+  failed = tmp_path / "failed.txt"
+  code = elastic_inference.in_processes(
+      "fake_timing", [counter, "--fail"], 2, str(failed)
+  )
+  assert code == 2 and not failed.exists()
+  assert capsys.readouterr().err == "error: told to fail\n"
+
+
+def test_scripts_refuse_fewer_than_one_process(tmp_path, capsys):
+  from experiments import elastic_inference  # pylint: disable=g-import-not-at-top
+  from experiments import halting_inference  # pylint: disable=g-import-not-at-top
+
+  for main, source in (
+      (elastic_inference.main, "--config=configs/digits/adatape.py:tiny"),
+      (halting_inference.main, f"--workdir={tmp_path}"),
+  ):
+    assert main([source, "--processes=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --processes=0 must be >= 1", err
+
+
 # A-ViT: each layer on the running tokens only (`HaltingPredictor`).
 
 
