@@ -137,9 +137,28 @@ def in_processes(module: str, argv: list[str], processes: int, out: str):
   return 0
 
 
-def check_processes(processes: int) -> None:
-  """--processes must be a count of processes."""
-  run_config.check(processes >= 1, f"--processes={processes} must be >= 1")
+def add_report_flags(parser: argparse.ArgumentParser) -> None:
+  """--out and --processes, which every timing script takes."""
+  parser.add_argument("--out", default="", help="also write the report here")
+  parser.add_argument(
+      "--processes",
+      type=int,
+      default=1,
+      help="run the whole timing in this many fresh processes, one after "
+      "another, and report each and their median",
+  )
+
+
+def timed_elsewhere(module: str, argv: list[str], args) -> int | None:
+  """The exit code when --processes leaves nothing to time in this
+  process: `in_processes` for more than one, 2 (said on stderr) for fewer
+  than one. None: time here."""
+  if args.processes < 1:
+    print(f"error: --processes={args.processes} must be >= 1", file=sys.stderr)
+    return 2
+  if args.processes > 1:
+    return in_processes(module, argv, args.processes, args.out)
+  return None
 
 
 def forward(model):
@@ -197,24 +216,11 @@ def main(argv: list[str]) -> int:
   parser.add_argument(
       "--dtype", default="", help="model.dtype (default: the config's)"
   )
-  parser.add_argument("--out", default="", help="also write the report here")
-  parser.add_argument(
-      "--processes",
-      type=int,
-      default=1,
-      help="run the whole timing in this many fresh processes, one after "
-      "another, and report each and their median",
-  )
+  add_report_flags(parser)
   args = parser.parse_args(argv)
-  try:
-    check_processes(args.processes)
-  except run_config.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.processes > 1:
-    return in_processes(
-        "experiments.elastic_inference", argv, args.processes, args.out
-    )
+  code = timed_elsewhere("experiments.elastic_inference", argv, args)
+  if code is not None:
+    return code
   lines = []
 
   def report(line: str) -> None:

@@ -45,24 +45,13 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--chunk", type=int, default=128)
   parser.add_argument("--examples", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--out", default="", help="also write the report here")
-  parser.add_argument(
-      "--processes",
-      type=int,
-      default=1,
-      help="run the whole timing in this many fresh processes, one after "
-      "another, and report each and their median",
-  )
+  elastic_inference.add_report_flags(parser)
   args = parser.parse_args(argv)
-  try:
-    elastic_inference.check_processes(args.processes)
-  except run_config.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.processes > 1:
-    return elastic_inference.in_processes(
-        "experiments.halting_inference", argv, args.processes, args.out
-    )
+  code = elastic_inference.timed_elsewhere(
+      "experiments.halting_inference", argv, args
+  )
+  if code is not None:
+    return code
   try:
     config, step, params = analysis.read_run(args.workdir)
     run_config.check(
