@@ -113,6 +113,13 @@ def eval_inputs(run: assemble.Run, examples: int = 0) -> np.ndarray:
   return inputs[:examples] if examples else inputs
 
 
+def whole_batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
+  """Whole batches of `batch` examples (or the one short batch there is),
+  so that every timed call runs the same shape."""
+  batches = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
+  return [b for b in batches if len(b) == batch] or batches[:1]
+
+
 def inference_runners(
     run: assemble.Run,
     params: Any,
@@ -123,40 +130,32 @@ def inference_runners(
   """Zero-argument calls that run inference over `inputs` in batches, to
   time (`elastic.median_times`), and the number of examples each call runs.
 
-  For an AdaTape model with one tape: "elastic" (`elastic.Predictor` on
-  each batch, default buckets, chunks of `chunk`) and "padded" (the same
-  model's jitted forward, every tape slot, in the same chunks), so that
-  the two differ only in what the tape allows; for any other model,
-  "padded": its jitted forward on each batch. Only whole chunks are run
-  (the examples cut down to whole batches of whole chunks, `batch` a
-  multiple of `chunk`, both shrunk to fit fewer examples), since rows
-  filled up to a chunk would be work neither execution needs.
+  "padded": the model's jitted forward (for AdaTape every tape slot), on
+  each batch, in chunks of `chunk` for an AdaTape model with one tape and
+  whole otherwise; for that AdaTape model also "elastic"
+  (`elastic.Predictor` on each batch, default buckets, the same chunks),
+  so that the two differ only in what the tape allows. Only whole chunks
+  are run (the examples cut down to whole batches of whole chunks, both
+  shrunk to fit fewer examples), since rows filled up to a chunk would be
+  work neither execution needs.
   """
   batch = min(batch, len(inputs))
   chunk = min(chunk, batch)
-  batch = batch // chunk * chunk
   batches = [
-      jnp.asarray(inputs[i : i + batch])
-      for i in range(0, len(inputs) - batch + 1, batch)
+      jnp.asarray(b) for b in whole_batches(inputs, batch // chunk * chunk)
   ]
-  used = batch * len(batches)
   cfg = run.model.config
-  if getattr(cfg, "tape", None) is not None and len(cfg.tape.layers) == 1:
-    predict = elastic.Predictor(run.model, params, chunk=chunk)
-    padded = elastic.forward_in_chunks(run.model, chunk)
-    return {
-        "elastic": lambda: [predict(b).logits for b in batches],
-        "padded": lambda: [padded(params, b) for b in batches],
-    }, used
-  forward = jax.jit(
-      lambda p, x: run.model.apply(
-          {"params": p},
-          x,
-          train=False,
-          rngs={"halting": jax.random.key(0)},
-      ).logits
+  elastic_runs = (
+      getattr(cfg, "tape", None) is not None and len(cfg.tape.layers) == 1
   )
-  return {"padded": lambda: [forward(params, b) for b in batches]}, used
+  padded = elastic.forward_in_chunks(
+      run.model, chunk if elastic_runs else len(batches[0])
+  )
+  runners = {"padded": lambda: [padded(params, b) for b in batches]}
+  if elastic_runs:
+    predict = elastic.Predictor(run.model, params, chunk=chunk)
+    runners["elastic"] = lambda: [predict(b).logits for b in batches]
+  return runners, sum(len(b) for b in batches)
 
 
 def output_per_example(

@@ -293,12 +293,18 @@ def forward_in_chunks(model: nn.Module, chunk: int) -> Callable[..., Any]:
   execution, every tape slot), on `chunk` examples at a time in one
   compiled loop, as the predictors run their chunks. The baseline elastic
   execution is timed against: on a CPU a smaller batch can be faster per
-  example by itself, which is not the tape's doing."""
-  return jax.jit(
-      lambda p, x: map_in_groups(
-          lambda c: model.apply({"params": p}, c, train=False).logits, x, chunk
-      )
-  )
+  example by itself, which is not the tape's doing. Halting that samples
+  gets the trainer's fixed eval key."""
+
+  def logits(params, x):
+    return model.apply(
+        {"params": params},
+        x,
+        train=False,
+        rngs={"halting": jax.random.key(0)},
+    ).logits
+
+  return jax.jit(lambda p, x: map_in_groups(lambda c: logits(p, c), x, chunk))
 
 
 def _first_device(params: Any, chunk: int) -> tuple[Any, Any]:

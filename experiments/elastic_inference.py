@@ -69,13 +69,6 @@ from adatape import run_config
 from adatape import storage
 from adatape.models import adatape as adatape_model
 
-
-def split(inputs, batch: int) -> list:
-  """Whole batches of `batch` (or the one short batch there is)."""
-  batches = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
-  return [b for b in batches if len(b) == batch] or batches[:1]
-
-
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The last line of every report: what `in_processes` collects.
 _LAST_LINE = re.compile(
@@ -159,11 +152,6 @@ def timed_elsewhere(module: str, argv: list[str], args) -> int | None:
   if args.processes > 1:
     return in_processes(module, argv, args.processes, args.out)
   return None
-
-
-def forward(model):
-  """The model's jitted inference logits."""
-  return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).logits)
 
 
 def _random_init(config, padded_config, examples):
@@ -272,9 +260,11 @@ def main(argv: list[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  batches = split(inputs, args.batch)
+  batches = analysis.whole_batches(inputs, args.batch)
   used = sum(len(b) for b in batches)
-  padded, exiting = forward(padded_model), forward(model)
+  # A chunk of the whole batch: one call of the forward per batch.
+  padded = elastic.forward_in_chunks(padded_model, args.batch)
+  exiting = elastic.forward_in_chunks(model, args.batch)
   padded_chunks = elastic.forward_in_chunks(
       padded_model, min(args.chunk, args.batch)
   )

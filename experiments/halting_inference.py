@@ -67,11 +67,11 @@ def main(argv: list[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  batches = elastic_inference.split(
+  batches = analysis.whole_batches(
       analysis.eval_inputs(run, args.examples), args.batch
   )
   used = sum(len(b) for b in batches)
-  padded = elastic_inference.forward(run.model)
+  padded = elastic.forward_in_chunks(run.model, args.batch)  # Whole batches.
   padded_chunks = elastic.forward_in_chunks(
       run.model, min(args.chunk, args.batch)
   )
