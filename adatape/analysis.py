@@ -133,7 +133,8 @@ def inference_runners(
   "padded": the model's jitted forward (for AdaTape every tape slot), on
   each batch, in chunks of `chunk` for an AdaTape model with one tape and
   whole otherwise; for that AdaTape model also "elastic"
-  (`elastic.Predictor` on each batch, default buckets, the same chunks),
+  (`elastic.Predictor` on each batch, default buckets, the same chunks,
+  the same device),
   so that the two differ only in what the tape allows. Only whole chunks
   are run (the examples cut down to whole batches of whole chunks, both
   shrunk to fit fewer examples), since rows filled up to a chunk would be
@@ -153,7 +154,8 @@ def inference_runners(
   )
   runners = {"padded": lambda: [padded(params, b) for b in batches]}
   if elastic_runs:
-    predict = elastic.Predictor(run.model, params, chunk=chunk)
+    # On the one device the padded forward runs on.
+    predict = elastic.Predictor(run.model, params, chunk=chunk, devices=1)
     runners["elastic"] = lambda: [predict(b).logits for b in batches]
   return runners, sum(len(b) for b in batches)
 

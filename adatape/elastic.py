@@ -32,9 +32,11 @@ a group's tapes are still in cache when its blocks read them.
 
 Cutting only removes tape slots an example did not read, which no real
 token attends to and pooling skips, so each example's logits equal the
-padded run's up to float reassociation (tests/test_elastic.py). It runs on
-one device (the first), for models with one tape (`tape.layers` of one
-block), the AdaTape default.
+padded run's up to float reassociation (tests/test_elastic.py). It runs
+models with one tape (`tape.layers` of one block), the AdaTape default,
+on every local device unless told fewer (`devices`): the batch is split
+evenly, and each device sorts, buckets and runs its own share, with no
+communication between them.
 
 `HaltingPredictor` does the same for A-ViT's token halting, at every
 layer: the examples are sorted by their number of running tokens and cut
@@ -51,11 +53,11 @@ import statistics
 import time
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from adatape import run_config
 from adatape.models import adatape
@@ -183,11 +185,12 @@ def suffix_runners(
 ) -> dict[int, Callable[[], Any]]:
   """Per tape length 1..T, a call of the blocks after the tape (and the
   head) on `batch` examples, `chunk` at a time in one compiled loop as
-  `Predictor` runs them, on its device: what each bucket costs there
+  `Predictor` runs them, on one device: what each bucket costs there
   (`median_times` times them)."""
   cfg = model.config
   num_main, width = cfg.main_tokens(), cfg.encoder.width
-  device, params = _first_device(params, chunk)
+  on = _Devices(1, chunk)
+  params = on.put_params(params)
   num_chunks = -(-batch // chunk)
 
   def run(p, x, mask, flops):
@@ -207,7 +210,7 @@ def suffix_runners(
             np.ones(shape, bool),
             np.zeros(shape[:2], np.float32),
         ),
-        device,
+        on.devices[0],
     )
     runners[length] = lambda o=operands: run(params, *o)
   return runners
@@ -307,26 +310,57 @@ def forward_in_chunks(model: nn.Module, chunk: int) -> Callable[..., Any]:
   return jax.jit(lambda p, x: map_in_groups(lambda c: logits(p, c), x, chunk))
 
 
-def _first_device(params: Any, chunk: int) -> tuple[Any, Any]:
-  """The device elastic execution runs on, and `params` put there."""
-  run_config.check(chunk >= 1, f"elastic chunk={chunk} must be >= 1")
-  # One device: the batch is split into chunks, not over a mesh.
-  device = jax.devices()[0]
-  if jax.device_count() > 1:
-    logging.warning(
-        "elastic execution runs on one device (%s) of %d; it does not "
-        "shard the batch over a data-parallel mesh",
-        device,
-        jax.device_count(),
+class _Devices:
+  """Where a predictor runs: the first `count` local devices (0: every
+  one), the batch split evenly over them. Each device sorts, buckets and
+  runs its own share (`jax.shard_map`), so the shares never communicate
+  and every device's chunks are as long as its own tapes need; a batch
+  that does not divide is filled up with copies of its last example,
+  whose outputs are dropped. Local devices only: in a job of several
+  processes each runs its own inputs on its own devices."""
+
+  def __init__(self, count: int, chunk: int):
+    run_config.check(chunk >= 1, f"elastic chunk={chunk} must be >= 1")
+    local = jax.local_devices()
+    run_config.check(
+        0 <= count <= len(local),
+        f"elastic devices={count} must be 0 (every local device) or in "
+        f"[1, {len(local)}]",
     )
-  return device, jax.device_put(params, device)
+    self.devices = tuple(local[: count or len(local)])
+    self._mesh = jax.sharding.Mesh(np.asarray(self.devices), ("batch",))
 
+  def compile(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward(params, inputs)`, jitted, on each device's share."""
+    if len(self.devices) > 1:
+      forward = jax.shard_map(
+          forward,
+          mesh=self._mesh,
+          in_specs=(P(), P("batch")),
+          out_specs=P("batch"),
+          # Off: the loops' carries (the reader's, the chunks') are not
+          # annotated as varying per device; nothing crosses devices.
+          check_vma=False,
+      )
+    return jax.jit(forward)
 
-def _run_on(device: Any, run: Any, params: Any, inputs: Any) -> Any:
-  """`run(params, inputs)` on `device`, its outputs fetched to the host."""
-  return jax.device_get(
-      run(params, jax.device_put(jnp.asarray(inputs), device))
-  )
+  def _sharding(self, spec: P) -> Any:
+    if len(self.devices) == 1:
+      return self.devices[0]
+    return jax.sharding.NamedSharding(self._mesh, spec)
+
+  def put_params(self, params: Any) -> Any:
+    """`params` on every device (replicated)."""
+    return jax.device_put(params, self._sharding(P()))
+
+  def run(self, compiled: Callable[..., Any], params: Any, inputs: Any):
+    """`compiled(params, inputs)` over the devices, fetched to the host."""
+    x = jnp.asarray(inputs)
+    batch, count = x.shape[0], len(self.devices)
+    if batch % count:
+      x = jnp.concatenate([x, jnp.repeat(x[-1:], count - batch % count, 0)])
+    outs = compiled(params, jax.device_put(x, self._sharding(P("batch"))))
+    return jax.tree.map(lambda a: np.asarray(a)[:batch], jax.device_get(outs))
 
 
 @dataclasses.dataclass
@@ -347,6 +381,10 @@ class Predictor:
       group, so that a group's tapes are still in cache when its blocks
       after the tape read them; sorting sees only the group.
     tune_repeats: timing rounds when `buckets="tuned"`.
+    devices: how many local devices the batch is split over (0: every
+      one); each sorts, groups and buckets its own share. Timing it
+      against the padded forward wants 1, the device that forward runs
+      on.
     seconds: with "tuned", the measured time per tape length of the blocks
       after the tape on `TUNING_CHUNKS` chunks.
   """
@@ -357,6 +395,7 @@ class Predictor:
   chunk: int = 128
   group: int = 0
   tune_repeats: int = 7
+  devices: int = 0
   seconds: dict[int, float] | None = dataclasses.field(default=None, init=False)
 
   def __post_init__(self):
@@ -377,6 +416,7 @@ class Predictor:
     run_config.check(
         self.group >= 0, f"elastic group={self.group} must be >= 0"
     )
+    self._on = _Devices(self.devices, self.chunk)
     if self.buckets == "tuned":
       self.seconds = median_times(
           suffix_runners(
@@ -389,8 +429,8 @@ class Predictor:
         self.buckets or default_buckets(cfg.tape.num_tokens),
         cfg.tape.num_tokens,
     )
-    self._device, self._params = _first_device(self.params, self.chunk)
-    self._run = jax.jit(self._forward)
+    self._params = self._on.put_params(self.params)
+    self._run = self._on.compile(self._forward)
 
   def _forward(self, params, inputs):
     return map_in_groups(
@@ -424,8 +464,8 @@ class Predictor:
     return logits, length_B, bucket, flops
 
   def __call__(self, inputs: Any) -> ElasticOutput:
-    logits, lengths, bucket, flops = _run_on(
-        self._device, self._run, self._params, inputs
+    logits, lengths, bucket, flops = self._on.run(
+        self._run, self._params, inputs
     )
     return ElasticOutput(
         logits=np.asarray(logits, np.float32),
@@ -511,12 +551,15 @@ class HaltingPredictor:
     chunk: examples per chunk: at each layer the examples are sorted by
       their running tokens and each chunk runs at one budget. Smaller
       chunks waste less at budget boundaries; larger ones loop less.
+    devices: how many local devices the batch is split over (0: every
+      one); each sorts and compacts its own share.
   """
 
   model: Any
   params: Any
   budgets: Sequence[int] | None = None
   chunk: int = 128
+  devices: int = 0
 
   def __post_init__(self):
     cfg = self.model.config
@@ -532,8 +575,9 @@ class HaltingPredictor:
         unit="token counts",
         total="L",
     )
-    self._device, self._params = _first_device(self.params, self.chunk)
-    self._run = jax.jit(self._forward)
+    self._on = _Devices(self.devices, self.chunk)
+    self._params = self._on.put_params(self.params)
+    self._run = self._on.compile(self._forward)
 
   def _forward(self, params, inputs):
     cfg = self.model.config
@@ -569,9 +613,7 @@ class HaltingPredictor:
     return logits, depth_B, jnp.stack(budgets, axis=1), halted.flops_B
 
   def __call__(self, inputs: Any) -> HaltingOutput:
-    logits, depth, budget, flops = _run_on(
-        self._device, self._run, self._params, inputs
-    )
+    logits, depth, budget, flops = self._on.run(self._run, self._params, inputs)
     return HaltingOutput(
         logits=np.asarray(logits, np.float32),
         layers_used=np.asarray(depth, np.float32),

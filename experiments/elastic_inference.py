@@ -253,8 +253,9 @@ def main(argv: list[str]) -> int:
           ),
           config.tape.num_tokens,
       )
+    # One device, the one the padded forwards it is timed against run on.
     predictor = elastic.Predictor(
-        model, params, buckets, chunk=args.chunk, group=args.group
+        model, params, buckets, chunk=args.chunk, group=args.group, devices=1
     )
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -60,8 +60,9 @@ def main(argv: list[str]) -> int:
         "inference needs A-ViT (model.name=avit)",
     )
     run = assemble.prepare(config)
+    # One device, the one the padded forwards it is timed against run on.
     predictor = elastic.HaltingPredictor(
-        run.model, params, args.budgets or None, chunk=args.chunk
+        run.model, params, args.budgets or None, chunk=args.chunk, devices=1
     )
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

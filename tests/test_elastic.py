@@ -67,7 +67,9 @@ def test_mixed_lengths_equal_the_padded_run_per_example(setup):
   padded = _padded(model, params, x)
   lengths = np.asarray(padded.metrics_B["tape_length"])
   assert len(set(lengths.tolist())) >= 3  # A mixed batch.
-  out = elastic.Predictor(model, params, buckets=(2, 4, 6, 8), chunk=8)(x)
+  out = elastic.Predictor(
+      model, params, buckets=(2, 4, 6, 8), chunk=8, devices=1
+  )(x)
   np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
   np.testing.assert_array_equal(out.tape_length, lengths)
   # Each example ran in a bucket holding its tape, and (sorted into chunks
@@ -79,6 +81,33 @@ def test_mixed_lengths_equal_the_padded_run_per_example(setup):
   assert (out.bucket == own).mean() > 0.5
   # The analytic FLOPs are the padded model's (valid tokens only).
   np.testing.assert_allclose(out.flops, padded.flops_B, rtol=1e-6)
+
+
+def test_a_batch_split_over_devices_equals_the_padded_run(setup):
+  model, params, x = setup
+  assert len(jax.local_devices()) == 8  # tests/conftest.py
+  padded = _padded(model, params, x)
+  lengths = np.asarray(padded.metrics_B["tape_length"])
+  predictor = elastic.Predictor(model, params, chunk=8)  # Every device.
+  out = predictor(x)
+  np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
+  np.testing.assert_array_equal(out.tape_length, lengths)
+  # Each device sorted and bucketed its own 8 examples: one chunk, at the
+  # smallest bucket holding that share's longest tape.
+  buckets = np.asarray((2, 4, 6, 8))
+  longest = lengths.reshape(8, 8).max(1)
+  expected = np.repeat(buckets[np.searchsorted(buckets, longest)], 8)
+  np.testing.assert_array_equal(out.bucket, expected)
+  # On one device the chunks come from the whole batch, sorted.
+  one = elastic.Predictor(model, params, chunk=8, devices=1)(x)
+  assert not np.array_equal(one.bucket, out.bucket)
+  # A batch that does not divide (filled up to 64), and one smaller than
+  # the devices.
+  for size in (61, 3):
+    out = predictor(x[:size])
+    np.testing.assert_allclose(out.logits, padded.logits[:size], atol=TOLERANCE)
+    np.testing.assert_array_equal(out.tape_length, lengths[:size])
+    assert np.all(out.bucket >= lengths[:size])
 
 
 def test_groups_and_tuned_buckets_equal_the_padded_run(setup):
@@ -179,6 +208,13 @@ def test_models_it_cannot_run_are_refused(setup):
     elastic.Predictor(_model(), params, chunk=0)
   with pytest.raises(run_config.ConfigError, match="group=-1 must be >= 0"):
     elastic.Predictor(_model(), params, group=-1)
+  for devices in (9, -1):
+    with pytest.raises(run_config.ConfigError) as raised:
+      elastic.Predictor(_model(), params, devices=devices)
+    assert str(raised.value) == (
+        f"elastic devices={devices} must be 0 (every local device) or in "
+        "[1, 8]"
+    )
 
 
 def test_the_script_times_a_random_init_image_model_and_refuses_others(
@@ -324,10 +360,14 @@ def avit_setup():
   return model, params, x, padded
 
 
-@pytest.mark.parametrize("chunk", [1, 8, 48])
-def test_compacted_a_vit_equals_the_padded_run_per_example(avit_setup, chunk):
+@pytest.mark.parametrize("chunk, devices", [(1, 1), (8, 1), (48, 1), (2, 4)])
+def test_compacted_a_vit_equals_the_padded_run_per_example(
+    avit_setup, chunk, devices
+):
   model, params, x, padded = avit_setup
-  out = elastic.HaltingPredictor(model, params, (2, 4, 8, 12, 16), chunk)(x)
+  out = elastic.HaltingPredictor(
+      model, params, (2, 4, 8, 12, 16), chunk, devices
+  )(x)
   np.testing.assert_allclose(out.logits, padded.logits, atol=TOLERANCE)
   np.testing.assert_allclose(out.flops, padded.flops_B, rtol=1e-6)
   np.testing.assert_allclose(

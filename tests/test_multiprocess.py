@@ -146,3 +146,47 @@ def _state_at(workdir, step):
       os.path.join(directory, str(step), "state"),
       checkpointing.on_one_device(directory, step),
   )
+
+
+# Each process's elastic predictor runs its own inputs on its own devices.
+_ELASTIC_CHILD = """
+import sys
+import jax
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import numpy as np
+import test_elastic
+from adatape import elastic
+model = test_elastic._model()
+x = np.asarray(jax.nn.one_hot(
+    np.random.default_rng(int(sys.argv[2])).integers(0, 3, (12, 32)), 3))
+params = jax.device_get(jax.jit(lambda x: model.init(
+    jax.random.key(0), x, train=False))(jax.device_put(
+        x[:1], jax.local_devices()[0]))["params"])
+out = elastic.Predictor(model, params, chunk=4)(x)
+padded = model.apply({"params": params}, x, train=False)
+print(jax.device_count(), jax.local_device_count(),
+      float(np.abs(out.logits - np.asarray(padded.logits)).max()))
+"""
+
+
+def test_elastic_inference_in_each_of_two_processes():
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", _ELASTIC_CHILD, f"localhost:{port}", str(i)],
+          cwd=os.path.join(REPO, "tests"),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+          env=_env(2, PYTHONPATH=REPO),
+      )
+      for i in range(2)
+  ]
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    devices, local, error = out.split()
+    # Four devices in the job, two of them this process's; its logits are
+    # the padded run's.
+    assert (devices, local) == ("4", "2")
+    assert float(error) < 1e-5
