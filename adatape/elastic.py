@@ -375,11 +375,12 @@ class Predictor:
       takes a compile and `tune_repeats` timings per tape length.
     chunk: examples per chunk: each chunk runs at one bucket length. Smaller
       chunks waste less at bucket boundaries; larger ones loop less.
-    group: examples per group (0: the whole batch). A batch larger than a
-      group is run a group at a time (the last one filled up with copies
-      of the last example), the prefix and then the sorted chunks of each
-      group, so that a group's tapes are still in cache when its blocks
-      after the tape read them; sorting sees only the group.
+    group: examples per group (0: a device's whole share of the batch). A
+      share larger than a group is run a group at a time (the last one
+      filled up with copies of the last example), the prefix and then the
+      sorted chunks of each group, so that a group's tapes are still in
+      cache when its blocks after the tape read them; sorting sees only
+      the group.
     tune_repeats: timing rounds when `buckets="tuned"`.
     devices: how many local devices the batch is split over (0: every
       one); each sorts, groups and buckets its own share. Timing it
