@@ -276,6 +276,15 @@ def switch_per_chunk(
   return jax.tree.map(unsort, outs), unsort(size_NxC)
 
 
+def fill_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """`x` filled up to a multiple of `multiple` examples with copies of its
+  last example (whose outputs the callers drop)."""
+  missing = -x.shape[0] % multiple
+  if not missing:
+    return x
+  return jnp.concatenate([x, jnp.repeat(x[-1:], missing, 0)])
+
+
 def map_in_groups(fn: Callable[[jax.Array], Any], x: jax.Array, size: int):
   """`fn` on `size` examples of `x` at a time, in one compiled loop, the
   outputs concatenated: `x` is filled up to whole groups with copies of
@@ -284,7 +293,7 @@ def map_in_groups(fn: Callable[[jax.Array], Any], x: jax.Array, size: int):
   if size >= batch:
     return fn(x)
   num = -(-batch // size)
-  x = jnp.concatenate([x, jnp.repeat(x[-1:], num * size - batch, 0)])
+  x = fill_to_multiple(x, size)
   outs = jax.lax.map(fn, x.reshape((num, size) + x.shape[1:]))
   return jax.tree.map(
       lambda a: a.reshape((num * size,) + a.shape[2:])[:batch], outs
@@ -355,10 +364,8 @@ class _Devices:
 
   def run(self, compiled: Callable[..., Any], params: Any, inputs: Any):
     """`compiled(params, inputs)` over the devices, fetched to the host."""
-    x = jnp.asarray(inputs)
-    batch, count = x.shape[0], len(self.devices)
-    if batch % count:
-      x = jnp.concatenate([x, jnp.repeat(x[-1:], count - batch % count, 0)])
+    batch = len(inputs)
+    x = fill_to_multiple(jnp.asarray(inputs), len(self.devices))
     outs = compiled(params, jax.device_put(x, self._sharding(P("batch"))))
     return jax.tree.map(lambda a: np.asarray(a)[:batch], jax.device_get(outs))
 
