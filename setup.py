@@ -55,7 +55,9 @@ setuptools.setup(
     install_requires=_INSTALL_REQUIRES,
     extras_require={
         "images": _IMAGES,
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        # filelock: JAX locks the tests' shared compilation cache with it
+        # (tests/conftest.py).
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "filelock==4.3.1"],
         # `make lint`: the formatter and linter the code follows.
         "lint": ["pyink==26.5.1", "pylint==4.1.4"],
         # Accelerators: jax's own CUDA wheels (CUDA 12: NVIDIA driver >=
