@@ -20,7 +20,6 @@ SYNSETS = ("n01440764", "n01443537", "n01484850")
 PER_SYNSET = 6  # 18 train images; 2 processes read 9 each.
 VAL = 11  # Uneven: 6 + 5 over 2 processes, 4 + 2 / 4 + 1 in batches of 4.
 JFT_CLASSES = 12
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _jpeg(rng) -> bytes:

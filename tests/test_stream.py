@@ -4,6 +4,7 @@ counted once, multi-label targets, and its errors. Training on it is in
 `test_stream_training.py`.
 """
 
+import os
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from configs.jft import finetune as jft_finetune
 from configs.jft import vit as jft_vit
 from tests import stream_datasets
 
-REPO = stream_datasets.REPO
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL = stream_datasets.VAL
 JFT_CLASSES = stream_datasets.JFT_CLASSES
 

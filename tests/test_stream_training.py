@@ -27,7 +27,7 @@ from experiments import imagenet_table
 from experiments import throughput
 from tests import stream_datasets
 
-REPO = stream_datasets.REPO
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL = stream_datasets.VAL
 
 
