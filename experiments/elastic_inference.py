@@ -171,11 +171,14 @@ def _random_init(config, padded_config, examples):
 
   model = build(config)
   key = jax.random.key(config.get("seed", 0))
-  params = model.init(
-      {"params": key, "halting": key},
-      np.zeros((1,) + input_shape, np.float32),
-      train=False,
-  )["params"]
+  # Jitted: one compile, not one per op of an eager init.
+  params = jax.jit(
+      lambda k: model.init(
+          {"params": k, "halting": k},
+          np.zeros((1,) + input_shape, np.float32),
+          train=False,
+      )["params"]
+  )(key)
   rng = np.random.default_rng(0)
   inputs = rng.uniform(-1, 1, (examples,) + input_shape).astype(np.float32)
   return model, build(padded_config), params, inputs
