@@ -65,20 +65,31 @@ def init_state(
     tx: optax.GradientTransformation,
     input_shape: tuple[int, ...],
 ) -> TrainState:
-  """A fresh train state: parameters from `seed_key`, step 0."""
-  params_key, dropout_key = jax.random.split(seed_key)
-  dummy = jnp.zeros((1,) + input_shape, jnp.float32)
-  params = model.init(
-      {"params": params_key, "dropout": dropout_key, "halting": dropout_key},
-      dummy,
-      train=False,
-  )["params"]
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=tx.init(params),
-      rng=jax.random.key_data(jax.random.fold_in(seed_key, 1)),
-  )
+  """A fresh train state: parameters from `seed_key`, step 0.
+
+  Jitted here, so that every caller compiles the init as one program: run
+  eagerly, each op of `model.init` compiles on its own (291 compiles, 21.9
+  s of a 54.2 s script building two tiny benchmark models on a 2-core CPU;
+  experiments/results/jit_init_cpu.txt). Under a caller's own `jit` or
+  `eval_shape` (the trainer's) it is traced inline as before.
+  """
+
+  def init(seed_key):
+    params_key, dropout_key = jax.random.split(seed_key)
+    dummy = jnp.zeros((1,) + input_shape, jnp.float32)
+    params = model.init(
+        {"params": params_key, "dropout": dropout_key, "halting": dropout_key},
+        dummy,
+        train=False,
+    )["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.fold_in(seed_key, 1)),
+    )
+
+  return jax.jit(init)(seed_key)
 
 
 def train_step(

@@ -108,11 +108,9 @@ def compile_train_step(config, inputs, labels):
   )
   opt_config = optim.Config(learning_rate=1e-3, warmup_steps=10)
   tx = optim.create(opt_config, 1000)
-  state = jax.jit(
-      functools.partial(
-          train.init_state, model=model, tx=tx, input_shape=inputs.shape[1:]
-      )
-  )(jax.random.key(0))
+  state = train.init_state(
+      jax.random.key(0), model=model, tx=tx, input_shape=inputs.shape[1:]
+  )
   step = jax.jit(
       functools.partial(
           train.train_step,

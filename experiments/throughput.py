@@ -183,13 +183,9 @@ class Bench:
     )
     opt = run_config.to_dataclass(optim.Config, config.optim, "optim")
     tx = optim.create(opt, config.total_steps)
-    # Jitted: one compile, not one per op of an eager init (10 s each on a
-    # 2-core CPU for the tiny test models).
-    state = jax.jit(
-        functools.partial(
-            train.init_state, model=model, tx=tx, input_shape=input_shape
-        )
-    )(jax.random.key(0))
+    state = train.init_state(
+        jax.random.key(0), model=model, tx=tx, input_shape=input_shape
+    )
     if params is not None:
       state = state.replace(params=params, opt_state=tx.init(params))
     rng = np.random.default_rng(0)
