@@ -96,7 +96,20 @@ def _platform() -> str:
   return jax.devices()[0].platform
 
 
-def check_attention(attention: str, dtype: str) -> None:
+def cudnn_head_dims() -> int:
+  """The largest head dimension cuDNN's fused attention takes here: 256 on
+  Hopper and later GPUs, 128 before (and off a GPU, where it never runs)."""
+  capability = getattr(jax.devices()[0], "compute_capability", None) or "0"
+  return 256 if float(capability) >= 9.0 else 128
+
+
+def cudnn_fits(head_dim: int) -> bool:
+  """Whether cuDNN's fused attention takes heads of `head_dim` (multiples
+  of 8, up to `cudnn_head_dims()`); jax raises for any other."""
+  return head_dim % 8 == 0 and head_dim <= cudnn_head_dims()
+
+
+def check_attention(attention: str, dtype: str, head_dim: int) -> None:
   """Rejects an unknown implementation, or cuDNN where it cannot run."""
   run_config.check_choice("model.attention", attention, ATTENTION)
   if attention == "cudnn":
@@ -105,14 +118,74 @@ def check_attention(attention: str, dtype: str) -> None:
         "model.attention='cudnn' needs a GPU and model.dtype='bfloat16' "
         f"(here: {_platform()}, {dtype}); choose one of 'auto', 'xla'",
     )
+    run_config.check(
+        cudnn_fits(head_dim),
+        "model.attention='cudnn' needs a head dimension (model.width / "
+        f"model.num_heads) that is a multiple of 8 and at most "
+        f"{cudnn_head_dims()} (here: {head_dim}); choose one of 'auto', 'xla'",
+    )
 
 
-def attention_implementation(attention: str, dtype: Any) -> str:
+def attention_implementation(
+    attention: str, dtype: Any, head_dim: int = 64
+) -> str:
   """The `jax.nn.dot_product_attention` implementation `attention` means."""
   if attention != "auto":
     return attention
-  fused = _platform() == "gpu" and jnp.dtype(dtype) == jnp.bfloat16
+  fused = (
+      _platform() == "gpu"
+      and jnp.dtype(dtype) == jnp.bfloat16
+      and cudnn_fits(head_dim)
+  )
   return "cudnn" if fused else "xla"
+
+
+def _extend_sequence(x_BxLxNxH: jax.Array, extra: int) -> jax.Array:
+  return jnp.pad(x_BxLxNxH, ((0, 0), (0, extra), (0, 0), (0, 0)))
+
+
+def cudnn_arguments(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, jax.Array]]:
+  """Query, key, value `[B, L, N, H]` and a boolean mask broadcastable to
+  `[B, 1, T, S]` (or None), in the shapes cuDNN's fused attention takes:
+  `(query, key, value, keyword arguments of jax.nn.dot_product_attention)`.
+
+  jax's cuDNN wrapper trains only on even T and S (it counts a bias as
+  present even when none is given), and takes a mask as an additive bias
+  of the full `[T, S]` (a key-padding mask `[B, 1, 1, S]` is refused). So
+  an odd length gets one extra position, a zero key hidden from every
+  query and a zero query whose row the caller cuts off (its output is
+  never used, so it sends no gradient back); a mask is spread over the
+  query rows; without a mask the extra key is hidden by sequence lengths,
+  and no bias tensor is built. Equal to the plain call for any
+  implementation (tests/test_precision.py).
+  """
+  batch, t, s = query.shape[0], query.shape[1], key.shape[1]
+  pad_t, pad_s = t % 2, s % 2
+  query = _extend_sequence(query, pad_t)
+  key, value = _extend_sequence(key, pad_s), _extend_sequence(value, pad_s)
+  if mask is None:
+    if not (pad_t or pad_s):
+      return query, key, value, {}
+    return (
+        query,
+        key,
+        value,
+        dict(
+            query_seq_lengths=jnp.full((batch,), t, jnp.int32),
+            key_value_seq_lengths=jnp.full((batch,), s, jnp.int32),
+        ),
+    )
+  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, t, s))
+  # The extra query row repeats the last row's mask; the extra key is
+  # hidden from every row.
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, 0)), mode="edge")
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad_s)))
+  return query, key, value, dict(mask=mask)
 
 
 def attention_fn(attention: str, dtype: Any):
@@ -121,11 +194,13 @@ def attention_fn(attention: str, dtype: Any):
   Scores, softmax and the weighted sum go through
   `jax.nn.dot_product_attention`, so a GPU runs cuDNN's fused kernel and
   never holds the [B, heads, L, L] scores in memory. The key-padding mask
-  (unread tape slots, halted tokens) is passed as is. Attention dropout is
+  (unread tape slots, halted tokens) goes to XLA as is, and to cuDNN in the
+  shapes it takes (`cudnn_arguments`); a model with nothing to mask
+  passes none, and cuDNN then runs without a bias. Attention dropout is
   not part of that function: with `attention_dropout` > 0 in training,
   Flax's own unfused attention runs instead.
   """
-  implementation = attention_implementation(attention, dtype)
+  compute_dtype = dtype
 
   def attend(
       query,
@@ -152,10 +227,18 @@ def attention_fn(attention: str, dtype: Any):
           dtype=dtype,
           precision=precision,
       )
+    # The head dimension is known only here.
+    chosen = attention_implementation(attention, compute_dtype, query.shape[-1])
+    if chosen == "cudnn":
+      q, k, v, kwargs = cudnn_arguments(query, key, value, mask)
+      out = jax.nn.dot_product_attention(
+          q, k, v, implementation="cudnn", **kwargs
+      )
+      return out[:, : query.shape[1]]
     if mask is not None:
       mask = jnp.asarray(mask, bool)
     return jax.nn.dot_product_attention(
-        query, key, value, mask=mask, implementation=implementation
+        query, key, value, mask=mask, implementation=chosen
     )
 
   return attend

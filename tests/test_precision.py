@@ -13,6 +13,10 @@ import sys
 
 import flax.linen as nn
 import jax
+
+# jax's cuDNN attention wrapper, whose hardware probes the tests stub to run
+# its shape checks without a GPU.
+from jax._src.cudnn import fused_attention_stablehlo as jax_cudnn
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -166,6 +170,97 @@ def test_fused_attention_equals_flax_attention_with_a_padding_mask():
   noisy = k.at[1, 4:].set(100.0)
   got = layers.attention_fn("xla", jnp.float32)(q, noisy, v, mask=mask)
   np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("t, s", [(7, 7), (6, 6), (5, 8)])
+def test_cudnn_arguments_give_the_same_attention_and_gradients(t, s, masked):
+  """The arguments cuDNN gets (odd lengths made even, the key mask spread
+  over the query rows, or sequence lengths without one) mean the same
+  attention: run through XLA, output and gradients equal the plain call's."""
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(3, t, 2, 8)), jnp.float32)
+  k, v = (
+      jnp.asarray(rng.normal(size=(3, s, 2, 8)), jnp.float32) for _ in range(2)
+  )
+  mask = None
+  if masked:
+    mask = rng.random((3, 1, 1, s)) < 0.6
+    mask[..., 0] = True  # Every query sees a key.
+  weights = jnp.asarray(rng.normal(size=(3, t, 2, 8)), jnp.float32)
+
+  def plain(q, k, v):
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return (out * weights).sum(), out
+
+  def prepared(q, k, v):
+    qq, kk, vv, kwargs = layers.cudnn_arguments(q, k, v, mask)
+    assert qq.shape[1] % 2 == 0 and kk.shape[1] % 2 == 0
+    if masked:
+      assert kwargs["mask"].shape == (3, 1, qq.shape[1], kk.shape[1])
+    else:  # No bias tensor.
+      assert "mask" not in kwargs and (kwargs or (t, s) == (6, 6))
+    out = jax.nn.dot_product_attention(qq, kk, vv, **kwargs)[:, :t]
+    return (out * weights).sum(), out
+
+  want = jax.grad(plain, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  got = jax.grad(prepared, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_every_model_passes_the_checks_of_jax_cudnn_attention(
+    name, monkeypatch
+):
+  """With no GPU here, jax's cuDNN wrapper runs with its hardware probes
+  stubbed: its shape checks then see what each model gives it, in the
+  train step's gradient and the eval forward (traced, never compiled). A
+  key-padding mask `[B, 1, 1, L]` passed as is failed them for every model
+  ("Bias must have same seq length as QKV"), and an odd length (here 5 for
+  AdaTape, 11 for the others) does with a mask in training."""
+  monkeypatch.setattr(jax_cudnn, "check_cudnn_version", lambda: 90100)
+  monkeypatch.setattr(jax_cudnn, "check_compute_capability", lambda c: True)
+  monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  model = models.build(
+      _config(name, "bfloat16", attention="cudnn"),
+      input_shape=(11, 3),
+      num_classes=4,
+  )
+  x = _inputs(length=11)
+  rngs = {"halting": jax.random.key(1), "dropout": jax.random.key(2)}
+  params = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0), **rngs}, x, train=False)
+  )["params"]
+
+  def loss(params):
+    out = model.apply({"params": params}, x, train=True, rngs=rngs)
+    return out.logits.sum()
+
+  def forward(params):
+    return model.apply({"params": params}, x, train=False, rngs=rngs).logits
+
+  train = str(jax.make_jaxpr(jax.grad(loss))(params))
+  assert "dot_product_attention_bwd_wrapper" in train
+  assert "dot_product_attention_fwd_wrapper" in str(
+      jax.make_jaxpr(forward)(params)
+  )
+
+
+def test_cudnn_needs_head_dimensions_it_takes(monkeypatch):
+  monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  assert layers.attention_implementation("auto", jnp.bfloat16, 64) == "cudnn"
+  assert layers.attention_implementation("auto", jnp.bfloat16, 12) == "xla"
+  assert layers.attention_implementation("auto", jnp.float32, 64) == "xla"
+  encoder.EncoderConfig(attention="cudnn", dtype="bfloat16", width=64)
+  with pytest.raises(
+      run_config.ConfigError,
+      match=r"model.attention='cudnn' needs a head dimension .* multiple of "
+      r"8 .*\(here: 12\)",
+  ):
+    encoder.EncoderConfig(
+        attention="cudnn", dtype="bfloat16", width=36, num_heads=3
+    )
 
 
 def test_auto_attention_picks_a_path_this_platform_has():

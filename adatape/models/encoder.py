@@ -60,22 +60,31 @@ class EncoderConfig:
       value = getattr(self, name)
       check(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
     run_config.check_choice("model.dtype", self.dtype, layers.DTYPES)
-    layers.check_attention(self.attention, self.dtype)
+    layers.check_attention(
+        self.attention, self.dtype, self.width // self.num_heads
+    )
 
   @property
   def compute_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
 
 
-def attention_mask(mask_BxL: jax.Array) -> jax.Array:
-  """Key-padding mask `[B, 1, 1, L]` for MultiHeadDotProductAttention."""
-  return mask_BxL[:, None, None, :]
+def attention_mask(mask_BxL: jax.Array | None) -> jax.Array | None:
+  """Key-padding mask `[B, 1, 1, L]` for MultiHeadDotProductAttention
+  (None: every token is real)."""
+  return None if mask_BxL is None else mask_BxL[:, None, None, :]
 
 
 def attention_sublayer(
-    cfg: EncoderConfig, x_BxLxD: jax.Array, mask_BxL: jax.Array, train: bool
+    cfg: EncoderConfig,
+    x_BxLxD: jax.Array,
+    mask_BxL: jax.Array | None,
+    train: bool,
 ) -> jax.Array:
   """Dropout(Attn(LN(x))), the residual update of a pre-LN block.
+
+  `mask_BxL` None means every token is real: no mask is built, which on a
+  GPU lets cuDNN's fused attention run without a bias tensor.
 
   Call it inside a compact `__call__`: its LayerNorm and attention become
   submodules of the caller, named `norm_attention` and `attention`, so every
@@ -111,7 +120,7 @@ class EncoderBlock(nn.Module):
   def __call__(
       self,
       x_BxLxD: jax.Array,
-      mask_BxL: jax.Array,
+      mask_BxL: jax.Array | None,
       *,
       num_main: int,
       train: bool,

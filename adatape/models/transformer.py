@@ -31,14 +31,14 @@ class Model(nn.Module):
     cfg = self.config
     enc = cfg.encoder
     x = cfg.make_stem()(inputs, train=train)
-    mask_BxL = jnp.ones(x.shape[:2], bool)
     for i in range(enc.depth):
+      # No token is padding: no attention mask (cuDNN then needs no bias).
       x = encoder.EncoderBlock(enc, name=f"encoderblock_{i}")(
-          x, mask_BxL, num_main=x.shape[1], train=train
+          x, None, num_main=x.shape[1], train=train
       )
     tokens = jnp.full(x.shape[:1], x.shape[1], jnp.float32)
     return outputs.ModelOutput(
-        logits=cfg.classify(x, mask_BxL),
+        logits=cfg.classify(x, jnp.ones(x.shape[:2], bool)),
         aux_loss_B=jnp.zeros((x.shape[0],), jnp.float32),
         flops_B=enc.depth * flops.block(enc.width, enc.mlp_dim, tokens),
         metrics_B={"layers": jnp.full(x.shape[:1], enc.depth, jnp.float32)},
