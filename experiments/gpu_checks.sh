@@ -26,10 +26,16 @@
 # matplotlib, tensorboard; no tensorflow, tfds or ml_collections; the set-up
 # above; `PATH=/tmp/gpuimg/bin:$PATH SMOKE=1 bash experiments/gpu_checks.sh
 # all`): every step exited 0, in 82 s on a 2-core CPU (330 s on the slower
-# VM of the first rehearsal, at 993349b). On a CPU the op tables read the
-# host's threads; a GPU trace's device plane has not been read yet (if it
-# holds no op events, the table says so in one line and the timings
-# stand).
+# VM of the first rehearsal, at 993349b; 132 s again on 2026-12-03 at
+# d0782c1). On a CPU the op tables read the host's threads; a GPU trace's
+# device plane has not been read yet (if it holds no op events, the table
+# says so in one line and the timings stand). A CPU rehearsal takes XLA's
+# attention: the cuDNN path that `--attention=auto` takes in bfloat16 on
+# the GPU failed jax's checks for every model until d0782c1, which a CPU
+# cannot show; those checks now run in the suite with the hardware probes
+# stubbed (experiments/results/cudnn_masks_cpu.txt). If cuDNN still fails
+# on the device, rerun the speed part with --attention=xla in the
+# throughput step to get the other figures.
 set -u
 PART=${1:-all}
 case "$PART" in
