@@ -126,10 +126,9 @@ def check_attention(attention: str, dtype: str, head_dim: int) -> None:
     )
 
 
-def attention_implementation(
-    attention: str, dtype: Any, head_dim: int = 64
-) -> str:
-  """The `jax.nn.dot_product_attention` implementation `attention` means."""
+def attention_implementation(attention: str, dtype: Any, head_dim: int) -> str:
+  """The `jax.nn.dot_product_attention` implementation `attention` means
+  for heads of `head_dim` computed in `dtype`."""
   if attention != "auto":
     return attention
   fused = (

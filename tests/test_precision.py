@@ -266,7 +266,7 @@ def test_cudnn_needs_head_dimensions_it_takes(monkeypatch):
 def test_auto_attention_picks_a_path_this_platform_has():
   platform = jax.devices()[0].platform
   for dtype in (jnp.float32, jnp.bfloat16):
-    chosen = layers.attention_implementation("auto", dtype)
+    chosen = layers.attention_implementation("auto", dtype, 64)
     if platform != "gpu":
       assert chosen == "xla"
   cfg = encoder.EncoderConfig(attention="auto", dtype="bfloat16")
