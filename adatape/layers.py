@@ -148,6 +148,7 @@ def cudnn_arguments(
     key: jax.Array,
     value: jax.Array,
     mask: jax.Array | None,
+    keys_are_prefix: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, jax.Array]]:
   """Query, key, value `[B, L, N, H]` and a boolean mask broadcastable to
   `[B, 1, T, S]` (or None), in the shapes cuDNN's fused attention takes:
@@ -160,23 +161,31 @@ def cudnn_arguments(
   query and a zero query whose row the caller cuts off (its output is
   never used, so it sends no gradient back); a mask is spread over the
   query rows; without a mask the extra key is hidden by sequence lengths,
-  and no bias tensor is built. Equal to the plain call for any
-  implementation (tests/test_precision.py).
+  and no bias tensor is built. With `keys_are_prefix` (the caller's promise
+  that each example's valid keys come first: a key mask `[B, 1, 1, S]` of
+  the form `arange(S) < n`, as AdaTape's main tokens then one tape), the
+  mask becomes those lengths too, and no bias is built either. Equal to
+  the plain call for any implementation (tests/test_precision.py).
   """
   batch, t, s = query.shape[0], query.shape[1], key.shape[1]
   pad_t, pad_s = t % 2, s % 2
   query = _extend_sequence(query, pad_t)
   key, value = _extend_sequence(key, pad_s), _extend_sequence(value, pad_s)
-  if mask is None:
-    if not (pad_t or pad_s):
+  if mask is None or keys_are_prefix:
+    if mask is None and not (pad_t or pad_s):
       return query, key, value, {}
+    if mask is None:
+      lengths_B = jnp.full((batch,), s, jnp.int32)
+    else:
+      key_mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, 1, s))
+      lengths_B = key_mask[:, 0, 0].sum(-1, dtype=jnp.int32)
     return (
         query,
         key,
         value,
         dict(
             query_seq_lengths=jnp.full((batch,), t, jnp.int32),
-            key_value_seq_lengths=jnp.full((batch,), s, jnp.int32),
+            key_value_seq_lengths=lengths_B,
         ),
     )
   mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, t, s))
@@ -187,7 +196,7 @@ def cudnn_arguments(
   return query, key, value, dict(mask=mask)
 
 
-def attention_fn(attention: str, dtype: Any):
+def attention_fn(attention: str, dtype: Any, keys_are_prefix: bool = False):
   """An `attention_fn` for `nn.MultiHeadDotProductAttention`.
 
   Scores, softmax and the weighted sum go through
@@ -195,7 +204,8 @@ def attention_fn(attention: str, dtype: Any):
   never holds the [B, heads, L, L] scores in memory. The key-padding mask
   (unread tape slots, halted tokens) goes to XLA as is, and to cuDNN in the
   shapes it takes (`cudnn_arguments`); a model with nothing to mask
-  passes none, and cuDNN then runs without a bias. Attention dropout is
+  passes none, and cuDNN then runs without a bias; so does one whose valid
+  keys come first (`keys_are_prefix`). Attention dropout is
   not part of that function: with `attention_dropout` > 0 in training,
   Flax's own unfused attention runs instead.
   """
@@ -229,7 +239,9 @@ def attention_fn(attention: str, dtype: Any):
     # The head dimension is known only here.
     chosen = attention_implementation(attention, compute_dtype, query.shape[-1])
     if chosen == "cudnn":
-      q, k, v, kwargs = cudnn_arguments(query, key, value, mask)
+      q, k, v, kwargs = cudnn_arguments(
+          query, key, value, mask, keys_are_prefix
+      )
       out = jax.nn.dot_product_attention(
           q, k, v, implementation="cudnn", **kwargs
       )

@@ -172,21 +172,24 @@ def test_fused_attention_equals_flax_attention_with_a_padding_mask():
   np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("masked", ["any", "prefix", "none"])
 @pytest.mark.parametrize("t, s", [(7, 7), (6, 6), (5, 8)])
 def test_cudnn_arguments_give_the_same_attention_and_gradients(t, s, masked):
-  """The arguments cuDNN gets (odd lengths made even, the key mask spread
-  over the query rows, or sequence lengths without one) mean the same
-  attention: run through XLA, output and gradients equal the plain call's."""
+  """The arguments cuDNN gets (odd lengths made even; the key mask spread
+  over the query rows, or sequence lengths for a prefix mask or none) mean
+  the same attention: run through XLA, output and gradients equal the
+  plain call's."""
   rng = np.random.default_rng(1)
   q = jnp.asarray(rng.normal(size=(3, t, 2, 8)), jnp.float32)
   k, v = (
       jnp.asarray(rng.normal(size=(3, s, 2, 8)), jnp.float32) for _ in range(2)
   )
   mask = None
-  if masked:
+  if masked == "any":
     mask = rng.random((3, 1, 1, s)) < 0.6
     mask[..., 0] = True  # Every query sees a key.
+  if masked == "prefix":
+    mask = np.arange(s) < np.array([1, s // 2, s])[:, None, None, None]
   weights = jnp.asarray(rng.normal(size=(3, t, 2, 8)), jnp.float32)
 
   def plain(q, k, v):
@@ -194,9 +197,11 @@ def test_cudnn_arguments_give_the_same_attention_and_gradients(t, s, masked):
     return (out * weights).sum(), out
 
   def prepared(q, k, v):
-    qq, kk, vv, kwargs = layers.cudnn_arguments(q, k, v, mask)
+    qq, kk, vv, kwargs = layers.cudnn_arguments(
+        q, k, v, mask, keys_are_prefix=masked == "prefix"
+    )
     assert qq.shape[1] % 2 == 0 and kk.shape[1] % 2 == 0
-    if masked:
+    if masked == "any":
       assert kwargs["mask"].shape == (3, 1, qq.shape[1], kk.shape[1])
     else:  # No bias tensor.
       assert "mask" not in kwargs and (kwargs or (t, s) == (6, 6))
@@ -222,6 +227,13 @@ def test_every_model_passes_the_checks_of_jax_cudnn_attention(
   monkeypatch.setattr(jax_cudnn, "check_cudnn_version", lambda: 90100)
   monkeypatch.setattr(jax_cudnn, "check_compute_capability", lambda c: True)
   monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  attend, biased = jax.nn.dot_product_attention, []
+
+  def recorded(*args, **kwargs):
+    biased.append(kwargs.get("mask") is not None)
+    return attend(*args, **kwargs)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
   model = models.build(
       _config(name, "bfloat16", attention="cudnn"),
       input_shape=(11, 3),
@@ -245,6 +257,49 @@ def test_every_model_passes_the_checks_of_jax_cudnn_attention(
   assert "dot_product_attention_fwd_wrapper" in str(
       jax.make_jaxpr(forward)(params)
   )
+  # ViT has nothing to mask and AdaTape's valid keys come first: cuDNN
+  # gets lengths there, never a bias tensor.
+  assert biased and (name not in ("transformer", "adatape") or not any(biased))
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_the_cudnn_arguments_of_every_model_compute_what_xla_does(
+    name, monkeypatch
+):
+  """Each model on a (stubbed) GPU with `model.attention=cudnn`, the
+  cuDNN call itself replaced by XLA's with the same arguments: the
+  padding, spread masks and sequence lengths (a prefix taken for
+  AdaTape's keys) give the logits of the plain XLA model. AdaTape reads
+  tapes of different lengths here, so a wrong prefix would show."""
+  monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  attend = jax.nn.dot_product_attention
+
+  def as_xla(*args, implementation=None, **kwargs):
+    del implementation
+    return attend(*args, implementation="xla", **kwargs)
+
+  extra = dict(gate_center=1.0, gate_scale=5.0) if name == "avit" else {}
+  # AdaTape's sequence: 1 main token and a tape of 4 slots (odd); the
+  # others' 11 tokens.
+  length = 16 if name == "adatape" else 11
+  built = {}
+  for attention in ("xla", "cudnn"):
+    c = _config(name, "bfloat16", attention=attention, **extra)
+    if name == "adatape":
+      c.tape.epsilon = 1.0  # Tapes of 1-4 tokens (see above).
+    built[attention] = models.build(c, input_shape=(length, 3), num_classes=4)
+  x = _inputs(16, length=length)
+  variables = _with_random_head(
+      built["xla"].init({"params": jax.random.key(0)}, x, train=False)
+  )
+  rngs = {"halting": jax.random.key(2)}
+  want = built["xla"].apply(variables, x, train=False, rngs=rngs)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", as_xla)
+  got = built["cudnn"].apply(variables, x, train=False, rngs=rngs)
+  if name == "adatape":
+    lengths = np.asarray(want.metrics_B["tape_length"])
+    assert lengths.min() < lengths.max()
+  np.testing.assert_allclose(got.logits, want.logits, atol=2e-2)
 
 
 def test_cudnn_needs_head_dimensions_it_takes(monkeypatch):

@@ -159,6 +159,9 @@ def run_blocks(
         enc,
         tape_mlp_dim=cfg.tape.encoder_mlp_dim,
         tape_dropout=cfg.tape.dropout,
+        # Main tokens, then at most one tape whose read slots come first
+        # (`TapeReadout.mask_BxT`): each row's valid keys are a prefix.
+        keys_are_prefix=len(s.tape_masks) <= 1,
         name=f"encoderblock_{i}",
     )(s.x_BxLxD, s.mask_BxL, num_main=s.num_main, train=train)
     s = s._replace(x_BxLxD=x, flops_B=flops_B)

@@ -80,11 +80,14 @@ def attention_sublayer(
     x_BxLxD: jax.Array,
     mask_BxL: jax.Array | None,
     train: bool,
+    keys_are_prefix: bool = False,
 ) -> jax.Array:
   """Dropout(Attn(LN(x))), the residual update of a pre-LN block.
 
   `mask_BxL` None means every token is real: no mask is built, which on a
-  GPU lets cuDNN's fused attention run without a bias tensor.
+  GPU lets cuDNN's fused attention run without a bias tensor. So does
+  `keys_are_prefix`, the caller's promise that each row of `mask_BxL` is
+  True up to some position and False after it (cuDNN then takes lengths).
 
   Call it inside a compact `__call__`: its LayerNorm and attention become
   submodules of the caller, named `norm_attention` and `attention`, so every
@@ -98,7 +101,9 @@ def attention_sublayer(
       dropout_rate=cfg.attention_dropout,
       deterministic=not train,
       dtype=cfg.compute_dtype,
-      attention_fn=layers.attention_fn(cfg.attention, cfg.compute_dtype),
+      attention_fn=layers.attention_fn(
+          cfg.attention, cfg.compute_dtype, keys_are_prefix
+      ),
       name="attention",
   )(y, y, mask=attention_mask(mask_BxL))
   return nn.Dropout(cfg.dropout)(y, deterministic=not train)
@@ -110,11 +115,13 @@ class EncoderBlock(nn.Module):
   With `tape_mlp_dim` > 0, positions from `num_main` on (the tape) use a
   separate GLU FFN while attention and LayerNorms stay shared (the
   official `enc_tt_mlp_dim`, drawn in the paper's Figure 1).
+  `keys_are_prefix`: see `attention_sublayer`.
   """
 
   config: EncoderConfig
   tape_mlp_dim: int = 0
   tape_dropout: float = 0.0
+  keys_are_prefix: bool = False
 
   @nn.compact
   def __call__(
@@ -126,7 +133,9 @@ class EncoderBlock(nn.Module):
       train: bool,
   ) -> jax.Array:
     cfg = self.config
-    x_BxLxD = x_BxLxD + attention_sublayer(cfg, x_BxLxD, mask_BxL, train)
+    x_BxLxD = x_BxLxD + attention_sublayer(
+        cfg, x_BxLxD, mask_BxL, train, self.keys_are_prefix
+    )
     dtype = cfg.compute_dtype
     y = nn.LayerNorm(dtype=dtype, name="norm_mlp")(x_BxLxD)
     has_tape = x_BxLxD.shape[1] > num_main

@@ -38,7 +38,8 @@ class TapeReadout(NamedTuple):
 
   Attributes:
     tokens_BxTxD: tape tokens; slots past the example's length are zeros.
-    mask_BxT: True for the slots that belong to the example's tape.
+    mask_BxT: True for the slots that belong to the example's tape: the
+      first `length_B` (the encoder relies on it, `keys_are_prefix`).
     length_B: number of valid tape tokens (int32).
     loss_B: the ATR loss, summed over the steps the example was running.
     indices_BxSxK: bank entries considered at each step (for heatmaps).
