@@ -171,29 +171,25 @@ def cudnn_arguments(
   pad_t, pad_s = t % 2, s % 2
   query = _extend_sequence(query, pad_t)
   key, value = _extend_sequence(key, pad_s), _extend_sequence(value, pad_s)
-  if mask is None or keys_are_prefix:
-    if mask is None and not (pad_t or pad_s):
-      return query, key, value, {}
-    if mask is None:
-      lengths_B = jnp.full((batch,), s, jnp.int32)
-    else:
-      key_mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, 1, s))
-      lengths_B = key_mask[:, 0, 0].sum(-1, dtype=jnp.int32)
-    return (
-        query,
-        key,
-        value,
-        dict(
-            query_seq_lengths=jnp.full((batch,), t, jnp.int32),
-            key_value_seq_lengths=lengths_B,
-        ),
-    )
-  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, t, s))
-  # The extra query row repeats the last row's mask; the extra key is
-  # hidden from every row.
-  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, 0)), mode="edge")
-  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad_s)))
-  return query, key, value, dict(mask=mask)
+  if mask is not None and not keys_are_prefix:
+    mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, t, s))
+    # The extra query row repeats the last row's mask; the extra key is
+    # hidden from every row.
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, 0)), mode="edge")
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad_s)))
+    return query, key, value, dict(mask=mask)
+  if mask is None and not (pad_t or pad_s):
+    return query, key, value, {}
+  if mask is None:
+    lengths_B = jnp.full((batch,), s, jnp.int32)
+  else:
+    key_mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, 1, 1, s))
+    lengths_B = key_mask[:, 0, 0].sum(-1, dtype=jnp.int32)
+  lengths = dict(
+      query_seq_lengths=jnp.full((batch,), t, jnp.int32),
+      key_value_seq_lengths=lengths_B,
+  )
+  return query, key, value, lengths
 
 
 def attention_fn(attention: str, dtype: Any, keys_are_prefix: bool = False):
@@ -209,7 +205,7 @@ def attention_fn(attention: str, dtype: Any, keys_are_prefix: bool = False):
   not part of that function: with `attention_dropout` > 0 in training,
   Flax's own unfused attention runs instead.
   """
-  compute_dtype = dtype
+  compute_dtype = dtype  # `attend` has a `dtype` argument of its own.
 
   def attend(
       query,

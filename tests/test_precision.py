@@ -10,6 +10,7 @@ float32.
 import os
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -303,6 +304,13 @@ def test_the_cudnn_arguments_of_every_model_compute_what_xla_does(
 
 
 def test_cudnn_needs_head_dimensions_it_takes(monkeypatch):
+  # Hopper takes heads up to 256, earlier GPUs up to 128; multiples of 8.
+  for capability, fits in (("9.0", True), ("8.6", False)):
+    gpu = types.SimpleNamespace(platform="gpu", compute_capability=capability)
+    with monkeypatch.context() as m:
+      m.setattr(jax, "devices", lambda: [gpu])
+      assert layers.cudnn_fits(192) == fits
+      assert layers.cudnn_fits(128) and not layers.cudnn_fits(12)
   monkeypatch.setattr(layers, "_platform", lambda: "gpu")
   assert layers.attention_implementation("auto", jnp.bfloat16, 64) == "cudnn"
   assert layers.attention_implementation("auto", jnp.bfloat16, 12) == "xla"
