@@ -27,8 +27,8 @@
 # matplotlib, tensorboard; no tensorflow, tfds or ml_collections; the set-up
 # above; `PATH=/tmp/gpuimg/bin:$PATH SMOKE=1 bash experiments/gpu_checks.sh
 # all`): every step exited 0, in 82 s on a 2-core CPU (330 s on the slower
-# VM of the first rehearsal, at 993349b; 132 s again on 2026-12-03 at
-# d0782c1). On a CPU the op tables read the host's threads; a GPU trace's
+# VM of the first rehearsal, at 993349b; on 2026-12-03 132 s at 6538bfa
+# and 150 s at b0d739b, after the cuDNN change). On a CPU the op tables read the host's threads; a GPU trace's
 # device plane has not been read yet (if it holds no op events, the table
 # says so in one line and the timings stand). A CPU rehearsal takes XLA's
 # attention: the cuDNN path that `--attention=auto` takes in bfloat16 on

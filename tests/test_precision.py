@@ -308,7 +308,7 @@ def test_cudnn_needs_head_dimensions_it_takes(monkeypatch):
   for capability, fits in (("9.0", True), ("8.6", False)):
     gpu = types.SimpleNamespace(platform="gpu", compute_capability=capability)
     with monkeypatch.context() as m:
-      m.setattr(jax, "devices", lambda: [gpu])
+      m.setattr(jax, "devices", lambda gpu=gpu: [gpu])
       assert layers.cudnn_fits(192) == fits
       assert layers.cudnn_fits(128) and not layers.cudnn_fits(12)
   monkeypatch.setattr(layers, "_platform", lambda: "gpu")
