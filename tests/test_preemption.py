@@ -236,3 +236,64 @@ def test_a_rename_on_the_command_line_is_one_line_and_exit_1(tiny_run):
   assert lines[-1].startswith("error: checkpoint 6"), lines[-3:]
   assert "Traceback" not in proc.stderr
   assert path.is_dir() and _tree_digest(workdir / "checkpoints") == before
+
+
+def _replicated_state():
+  """A train-state-like tree, replicated over the 8 test devices."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = {
+      "params": {"kernel": np.arange(64, dtype=np.float32).reshape(16, 4)},
+      "step": np.int32(3),
+      "rng": np.asarray(jax.random.key_data(jax.random.key(5))),
+  }
+  return jax.device_put(state, replicated)
+
+
+def test_one_process_writes_replicated_arrays_whole_and_reads_old_ones(
+    tmp_path,
+):
+  state = _replicated_state()
+  assert len(state["params"]["kernel"].sharding.device_set) == 8
+  ours = checkpointing.Checkpointer(
+      str(tmp_path / "ours"), every_steps=1, max_to_keep=2
+  )
+  assert ours.save(1, state, {"position": 1})
+  ours.close()
+  # Orbax's default splits the kernel into 8 slices of (2, 4), one per
+  # replica; one process writes it from one device, whole.
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      tmp_path / "ours" / "1" / "state"
+  )
+  kernel = getattr(metadata, "tree", metadata)["params"]["kernel"]
+  assert kernel.storage.write_shape == (16, 4)
+  # A checkpoint written with Orbax's default (before this handler) is
+  # restored exactly, into the requested shardings.
+  old = ocp.CheckpointManager(str(tmp_path / "old"))
+  old.save(
+      1,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave({"position": 1}),
+      ),
+  )
+  old.close()
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      tmp_path / "old" / "1" / "state"
+  )
+  kernel = getattr(metadata, "tree", metadata)["params"]["kernel"]
+  assert kernel.storage.write_shape == (2, 4)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state,
+  )
+  for name in ("old", "ours"):
+    reader = checkpointing.Checkpointer(
+        str(tmp_path / name), every_steps=1, max_to_keep=2
+    )
+    step, restored, meta = reader.restore_latest(abstract)
+    reader.close()
+    assert step == 1 and meta == {"position": 1}
+    _assert_equal(restored, state)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+      assert got.sharding == want.sharding and got.dtype == want.dtype
