@@ -1,19 +1,30 @@
-"""Test setup: 8 simulated CPU devices, set before jax is imported, and
-one persistent compilation cache for the whole run.
+"""Test setup: 8 simulated CPU devices, set before jax is imported, XLA's
+CPU backend without LLVM optimization, and one persistent compilation
+cache for the whole run.
 
 Single-device runs use `mesh.data=1` (the first device), so the same
-process compares 1-device and multi-device training.
+process compares 1-device and multi-device training. A test that starts
+processes with another device count appends its own
+`--xla_force_host_platform_device_count` to XLA_FLAGS (the last one
+counts), keeping the other flags.
+
+On a 2-core CPU XLA's compile is most of the tests' time, and on their
+tiny shapes the code LLVM would optimize runs for milliseconds:
+`--xla_backend_optimization_level=0` compiles the same optimized HLO
+without LLVM's passes (a tiny parity AdaTape run: 17.0 -> 12.0 s, its
+compiles 12.2 -> 7.3 s; the suite's files 11-15% faster, measured
+alternately; experiments/results/suite_time_cpu.txt). What the tests
+assert is computed by the same programs; only the machine code differs.
 
 Many tests train the same tiny configs, in this process or in the runs
-they start, and on a 2-core CPU XLA's compile is most of their time
-(experiments/results/suite_time_cpu.txt, before and after). JAX keys each entry by the program's HLO, the compile options,
-the devices and the XLA flags, so a hit loads the executable a compile
-would have built: what the tests assert is unchanged. The first process
-of a run (the xdist controller, or pytest alone) makes the folder and
-removes it at exit; both workers and every process a test starts inherit
-it through the environment. An eviction limit makes JAX lock the folder
-(`filelock`), so two workers never read an entry half written. A folder
-already named in JAX_COMPILATION_CACHE_DIR is used and kept.
+they start. JAX keys each cache entry by the program's HLO, the compile
+options, the devices and the XLA flags, so a hit loads the executable a
+compile would have built: what the tests assert is unchanged. The first
+process of a run (the xdist controller, or pytest alone) makes the folder
+and removes it at exit; both workers and every process a test starts
+inherit it through the environment. An eviction limit makes JAX lock the
+folder (`filelock`), so two workers never read an entry half written. A
+folder already named in JAX_COMPILATION_CACHE_DIR is used and kept.
 """
 
 import atexit
@@ -25,6 +36,7 @@ import tempfile
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8"
+    + " --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -34,7 +34,7 @@ def _free_port():
 
 def _env(devices, **extra):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
   env.update(extra)
   return env
 

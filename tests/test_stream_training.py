@@ -158,7 +158,8 @@ def test_two_processes_read_their_parts_and_count_eval_once(datasets, tmp_path):
   workdir = str(tmp_path / "run")
   env = dict(
       os.environ,
-      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      XLA_FLAGS=os.environ["XLA_FLAGS"]
+      + " --xla_force_host_platform_device_count=1",
       ADATAPE_DISTRIBUTED="1",
       ADATAPE_COORDINATOR=f"localhost:{port}",
       ADATAPE_NUM_PROCESSES="2",
