@@ -33,10 +33,11 @@
 # says so in one line and the timings stand). A CPU rehearsal takes XLA's
 # attention: the cuDNN path that `--attention=auto` takes in bfloat16 on
 # the GPU failed jax's checks for every model until d0782c1, which a CPU
-# cannot show; those checks now run in the suite with the hardware probes
-# stubbed (experiments/results/cudnn_masks_cpu.txt). If the throughput
-# step still fails on the device, the speed part runs it again with
-# --attention=xla (its own 220 s; the part's limits then add up to 580 s).
+# cannot show; those checks now run in the suite, the test answering
+# jax's hardware probes (experiments/results/cudnn_masks_cpu.txt). If
+# the throughput step still fails on the device, the speed part runs it
+# again with --attention=xla (its own 220 s; the part's limits then add
+# up to 580 s).
 set -u
 PART=${1:-all}
 case "$PART" in

@@ -220,8 +220,9 @@ def test_every_model_passes_the_checks_of_jax_cudnn_attention(
     name, monkeypatch
 ):
   """With no GPU here, jax's cuDNN wrapper runs with its hardware probes
-  stubbed: its shape checks then see what each model gives it, in the
-  train step's gradient and the eval forward (traced, never compiled). A
+  answered by the test (cuDNN 9.1, a supported GPU): its shape checks
+  then see what each model gives it, in the train step's gradient and
+  the eval forward (traced, never compiled). A
   key-padding mask `[B, 1, 1, L]` passed as is failed them for every model
   ("Bias must have same seq length as QKV"), and an odd length (here 5 for
   AdaTape, 11 for the others) does with a mask in training."""
@@ -267,9 +268,9 @@ def test_every_model_passes_the_checks_of_jax_cudnn_attention(
 def test_the_cudnn_arguments_of_every_model_compute_what_xla_does(
     name, monkeypatch
 ):
-  """Each model on a (stubbed) GPU with `model.attention=cudnn`, the
-  cuDNN call itself replaced by XLA's with the same arguments: the
-  padding, spread masks and sequence lengths (a prefix taken for
+  """Each model with `model.attention=cudnn`, the platform reported as a
+  GPU and the cuDNN call itself replaced by XLA's with the same arguments:
+  the padding, spread masks and sequence lengths (a prefix taken for
   AdaTape's keys) give the logits of the plain XLA model. AdaTape reads
   tapes of different lengths here, so a wrong prefix would show."""
   monkeypatch.setattr(layers, "_platform", lambda: "gpu")
