@@ -30,16 +30,14 @@
 # VM of the first rehearsal, at 993349b; on 2026-12-03 132 s at 6538bfa
 # and 150 s at b0d739b, after the cuDNN change; 102 s at ab1162b, after
 # the checkpoint writer's change). On a CPU the op tables read the host's
-# threads; a GPU trace's
-# device plane has not been read yet (if it holds no op events, the table
-# says so in one line and the timings stand). A CPU rehearsal takes XLA's
-# attention: the cuDNN path that `--attention=auto` takes in bfloat16 on
-# the GPU failed jax's checks for every model until d0782c1, which a CPU
-# cannot show; those checks now run in the suite, the test answering
-# jax's hardware probes (experiments/results/cudnn_masks_cpu.txt). If
-# the throughput step still fails on the device, the speed part runs it
-# again with --attention=xla (its own 220 s; the part's limits then add
-# up to 580 s).
+# threads; a GPU trace's device plane has not been read yet (if it holds no op
+# events, the table says so in one line and the timings stand). A CPU rehearsal
+# takes XLA's attention: the cuDNN path that `--attention=auto` takes in
+# bfloat16 on the GPU failed jax's checks for every model until d0782c1, which a
+# CPU cannot show; those checks now run in the suite, the test answering jax's
+# hardware probes (experiments/results/cudnn_masks_cpu.txt). If the throughput
+# step still fails on the device, the speed part runs it again with
+# --attention=xla (its own 220 s; the part's limits then add up to 580 s).
 set -u
 PART=${1:-all}
 case "$PART" in
