@@ -16,11 +16,15 @@ No error deletes a checkpoint. When the latest one cannot be restored:
 - otherwise (the model's parameters differ from the checkpoint's: a
   renamed or reshaped parameter; out of memory; a transient I/O error) the
   run stops with one line naming the cause, every checkpoint intact.
+The errors that the failed read leaves behind are not printed (see
+`StrayReads`), so that line is what the user sees.
 """
 
 import json
+import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 from etils import epath
@@ -124,6 +128,85 @@ def mismatch(saved: Any, abstract: Any) -> str | None:
           f"{want[path][0]} in this model"
       )
   return None
+
+
+# When one of a checkpoint's concurrent reads fails, Orbax closes the event
+# loop that ran them while TensorStore is still finishing the others. Each
+# of those then wakes the closed loop from its own thread (Python prints the
+# RuntimeError as "Exception ignored"), and a task that failed as well is
+# logged as "Task exception was never retrieved" once collected: 25 to 114
+# tracebacks on stderr in five resumes past a truncated tiny parity
+# checkpoint, the one line that says what happened somewhere among them
+# (experiments/results/damaged_resume_cpu.txt).
+
+
+def is_stray_read(unraisable: Any) -> bool:
+  """Whether an unraisable error is a failed read's leftover: a closed
+  event loop woken from another thread."""
+  error = unraisable.exc_value
+  if not isinstance(error, RuntimeError):
+    return False
+  if str(error) != "Event loop is closed":
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return any(frame.name == "call_soon_threadsafe" for frame in frames)
+
+
+def is_unretrieved_damage(record: logging.LogRecord) -> bool:
+  """Whether an asyncio log record is a failed read's leftover: a task's
+  data error (`is_damage`) that nothing retrieved."""
+  if not str(record.msg).startswith("Task exception was never retrieved"):
+    return False
+  error = record.exc_info[1] if record.exc_info else None
+  return error is not None and is_damage(error)
+
+
+class StrayReads(logging.Filter):
+  """Drops a failed read's leftovers while installed: a `sys.unraisablehook`
+  that hands every other error to the hook it replaced, and a filter on
+  asyncio's logger."""
+
+  def __init__(self):
+    super().__init__()
+    self._previous = None  # The hook this one replaced, while chained.
+    self._dropping = False
+    self._kept = False
+
+  def __call__(self, unraisable: Any) -> None:
+    if self._dropping and is_stray_read(unraisable):
+      return
+    (self._previous or sys.__unraisablehook__)(unraisable)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (self._dropping and is_unretrieved_damage(record))
+
+  def install(self) -> None:
+    if self._previous is None:
+      self._previous = sys.unraisablehook
+      sys.unraisablehook = self
+    logging.getLogger("asyncio").addFilter(self)
+    self._dropping = True
+
+  def keep(self) -> None:
+    """Makes `remove` a no-op: a read failed, its leftovers are to come."""
+    self._kept = True
+
+  def remove(self) -> None:
+    """Stops dropping, and unhooks unless a later hook wraps this one (it
+    then stays in the chain, passing everything on)."""
+    if self._kept:
+      return
+    self._dropping = False
+    logging.getLogger("asyncio").removeFilter(self)
+    if sys.unraisablehook is self:
+      sys.unraisablehook = self._previous
+      self._previous = None
+
+
+# One for the process: it is installed while a Checkpointer reads and, once
+# a read has failed, kept for the rest of the process, since the failed
+# read's leftovers come after it, for as long as its other reads take.
+_STRAY_READS = StrayReads()
 
 
 def _state_handler() -> ocp.PyTreeCheckpointHandler:
@@ -252,12 +335,26 @@ class Checkpointer:
     other failure raises CheckpointError with every checkpoint intact (see
     the module docstring). Checkpoints that all turn out damaged are an
     error too: silently training from scratch would discard the run.
+
+    A failed read's leftovers (`is_stray_read`, `is_unretrieved_damage`)
+    are dropped, not printed: from the first read to the return when every
+    read succeeds, and for the rest of the process once one has failed.
     """
+    _STRAY_READS.install()
+    restored = self._restore_newest(abstract_state)
+    _STRAY_READS.remove()
+    return restored
+
+  def _restore_newest(
+      self, abstract_state: Any
+  ) -> tuple[int, Any, dict[str, Any]] | None:
+    """`restore_latest`'s search, newest first."""
     steps = sorted(self._manager.all_steps(), reverse=True)
     for step in steps:
       try:
         saved = self._saved_metadata(step)
       except Exception as e:  # pylint: disable=broad-except
+        _STRAY_READS.keep()
         self._set_aside(step, f"unreadable metadata: {_cause(e)}")
         continue
       different = mismatch(saved, abstract_state)
@@ -270,6 +367,7 @@ class Checkpointer:
       try:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
+        _STRAY_READS.keep()
         if not is_damage(e):
           raise CheckpointError(
               f"checkpoint {step} in {self._directory} could not be "

@@ -1,5 +1,8 @@
 """Preemption: SIGTERM saves and exits cleanly; a damaged checkpoint falls back."""
 
+import asyncio
+import gc
+import logging
 import os
 import shutil
 import signal
@@ -124,6 +127,10 @@ def fixture_tiny_run(finished_run, tmp_path):
   return _tiny_config(), workdir
 
 
+# A failed read's leftovers (every other read of the checkpoint waking
+# Orbax's closed event loop) reach pytest as unraisable-exception warnings
+# unless the Checkpointer drops them: they fail the test.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_latest_checkpoint_is_moved_aside_not_deleted(
     tiny_run, capfd
 ):
@@ -297,3 +304,77 @@ def test_one_process_writes_replicated_arrays_whole_and_reads_old_ones(
     _assert_equal(restored, state)
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
       assert got.sharding == want.sharding and got.dtype == want.dtype
+
+
+class _WakesClosedLoop:
+  """Wakes a closed event loop when collected, as a TensorStore read that
+  finishes after Orbax closed its loop does."""
+
+  def __init__(self, loop):
+    self.loop = loop
+
+  def __del__(self):
+    self.loop.call_soon_threadsafe(lambda: None)
+
+
+class _RaisesWhenCollected:
+
+  def __init__(self, error):
+    self.error = error
+
+  def __del__(self):
+    raise self.error
+
+
+def test_only_a_failed_reads_leftovers_are_dropped():
+  seen = []
+  loop = asyncio.new_event_loop()
+  loop.close()
+  before = sys.unraisablehook
+  sys.unraisablehook = lambda u: seen.append(str(u.exc_value))
+  stray_reads = checkpointing.StrayReads()
+  try:
+    stray_reads.install()
+    _WakesClosedLoop(loop)
+    # The same message from elsewhere, and other errors, are passed on.
+    _RaisesWhenCollected(RuntimeError("Event loop is closed"))
+    _RaisesWhenCollected(ValueError("a real problem"))
+    gc.collect()
+    assert seen == ["Event loop is closed", "a real problem"]
+    stray_reads.remove()
+    assert sys.unraisablehook is not stray_reads
+    _WakesClosedLoop(loop)
+    gc.collect()
+    assert seen[2:] == ["Event loop is closed"]
+  finally:
+    sys.unraisablehook = before
+
+
+def test_only_unretrieved_data_errors_are_dropped_from_asyncio_logs(
+    caplog, monkeypatch
+):
+  asyncio_log = logging.getLogger("asyncio")
+  # Without the filter a failed read in an earlier test left installed.
+  monkeypatch.setattr(asyncio_log, "filters", [])
+  stray_reads = checkpointing.StrayReads()
+
+  def task_failed(message):
+    try:
+      raise ValueError(message)
+    except ValueError:
+      asyncio_log.exception("Task exception was never retrieved\nfuture: x")
+
+  stray_reads.install()
+  try:
+    task_failed("OUT_OF_RANGE: Error reading byte range")
+    task_failed("UNAVAILABLE: connection reset by peer")
+    asyncio_log.error("Unclosed client session")
+  finally:
+    stray_reads.remove()
+  task_failed("DATA_LOSS: after remove")
+  kept = [str(r.exc_info[1]) if r.exc_info else r.msg for r in caplog.records]
+  assert kept == [
+      "UNAVAILABLE: connection reset by peer",
+      "Unclosed client session",
+      "DATA_LOSS: after remove",
+  ]
