@@ -401,27 +401,42 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
   """(step, params) of a run's checkpoint (default: the latest), on host.
 
   For evaluation and analysis of finished runs on one process; training
-  restores the whole sharded state through `Checkpointer` instead.
+  restores the whole sharded state through `Checkpointer` instead. A
+  checkpoint that cannot be read is a one-line CheckpointError naming the
+  run's other steps; nothing is moved (this only reads).
   """
   directory = _absolute(storage.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True)
   )
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise CheckpointError(f"no checkpoint in {directory}")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise CheckpointError(
-        f"no checkpoint at step {step} in {directory}; steps: {steps}"
-    )
-  state = manager.restore(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(on_one_device(directory, step))
-      ),
-  ).state
-  manager.close()
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {directory}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise CheckpointError(
+          f"no checkpoint at step {step} in {directory}; steps: {steps}"
+      )
+    _STRAY_READS.install()
+    try:
+      state = manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(on_one_device(directory, step))
+          ),
+      ).state
+    except Exception as e:  # pylint: disable=broad-except
+      _STRAY_READS.keep()
+      others = [s for s in steps if s != step]
+      raise CheckpointError(
+          f"checkpoint {step} in {directory} "
+          + ("is damaged" if is_damage(e) else "could not be read")
+          + f" ({_cause(e)}); other steps there: {others or 'none'}"
+      ) from e
+    _STRAY_READS.remove()
+  finally:
+    manager.close()
   return step, state["params"]
 
 

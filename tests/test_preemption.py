@@ -127,6 +127,17 @@ def fixture_tiny_run(finished_run, tmp_path):
   return _tiny_config(), workdir
 
 
+def _truncate_arrays(workdir, step):
+  """Damages checkpoint `step`: its array data files (OCDBT's `d/`
+  folders) cut to half."""
+  state = workdir / "checkpoints" / str(step) / "state"
+  for folder, _, names in os.walk(state):
+    for name in names if os.path.basename(folder) == "d" else ():
+      path = os.path.join(folder, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
 # A failed read's leftovers (every other read of the checkpoint waking
 # Orbax's closed event loop) reach pytest as unraisable-exception warnings
 # unless the Checkpointer drops them: they fail the test.
@@ -136,13 +147,7 @@ def test_truncated_latest_checkpoint_is_moved_aside_not_deleted(
 ):
   config, workdir = tiny_run
   expected = _params(workdir, 6)
-  # Damage the latest checkpoint: truncate its array data files (OCDBT's
-  # `d/` folders) to half.
-  for folder, _, names in os.walk(workdir / "checkpoints" / "6" / "state"):
-    for name in names if os.path.basename(folder) == "d" else ():
-      path = os.path.join(folder, name)
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+  _truncate_arrays(workdir, 6)
   damaged = _tree_digest(workdir / "checkpoints" / "6")
 
   capfd.readouterr()
@@ -154,6 +159,26 @@ def test_truncated_latest_checkpoint_is_moved_aside_not_deleted(
   _assert_equal(expected, _params(workdir, 6))
   # The damaged one is kept, byte for byte, under checkpoints/damaged/.
   assert _tree_digest(workdir / "checkpoints" / "damaged" / "6") == damaged
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_analysis_of_a_damaged_checkpoint_is_one_line_and_moves_nothing(
+    tiny_run,
+):
+  _, workdir = tiny_run
+  _truncate_arrays(workdir, 6)
+  before = _tree_digest(workdir / "checkpoints")
+  with pytest.raises(checkpointing.CheckpointError) as raised:
+    checkpointing.restore_params(str(workdir))
+  message = str(raised.value)
+  assert "\n" not in message
+  assert "checkpoint 6" in message and "is damaged" in message
+  assert "OUT_OF_RANGE" in message
+  assert message.endswith("other steps there: [2, 4]")
+  assert _tree_digest(workdir / "checkpoints") == before
+  step, params = checkpointing.restore_params(str(workdir), 4)
+  assert step == 4
+  _assert_equal(params, _params(workdir, 4))
 
 
 def test_unparsable_metadata_is_damage(tiny_run, capfd):
