@@ -170,7 +170,6 @@ class StrayReads(logging.Filter):
     super().__init__()
     self._previous = None  # The hook this one replaced, while chained.
     self._dropping = False
-    self._kept = False
 
   def __call__(self, unraisable: Any) -> None:
     if self._dropping and is_stray_read(unraisable):
@@ -187,15 +186,9 @@ class StrayReads(logging.Filter):
     logging.getLogger("asyncio").addFilter(self)
     self._dropping = True
 
-  def keep(self) -> None:
-    """Makes `remove` a no-op: a read failed, its leftovers are to come."""
-    self._kept = True
-
   def remove(self) -> None:
     """Stops dropping, and unhooks unless a later hook wraps this one (it
     then stays in the chain, passing everything on)."""
-    if self._kept:
-      return
     self._dropping = False
     logging.getLogger("asyncio").removeFilter(self)
     if sys.unraisablehook is self:
@@ -203,9 +196,9 @@ class StrayReads(logging.Filter):
       self._previous = None
 
 
-# One for the process: it is installed while a Checkpointer reads and, once
-# a read has failed, kept for the rest of the process, since the failed
-# read's leftovers come after it, for as long as its other reads take.
+# One for the process, installed by its first checkpoint read and kept: a
+# failed read's leftovers come after the failure, for as long as its other
+# reads take, and nothing else matches them.
 _STRAY_READS = StrayReads()
 
 
@@ -337,24 +330,14 @@ class Checkpointer:
     error too: silently training from scratch would discard the run.
 
     A failed read's leftovers (`is_stray_read`, `is_unretrieved_damage`)
-    are dropped, not printed: from the first read to the return when every
-    read succeeds, and for the rest of the process once one has failed.
+    are dropped, not printed.
     """
     _STRAY_READS.install()
-    restored = self._restore_newest(abstract_state)
-    _STRAY_READS.remove()
-    return restored
-
-  def _restore_newest(
-      self, abstract_state: Any
-  ) -> tuple[int, Any, dict[str, Any]] | None:
-    """`restore_latest`'s search, newest first."""
     steps = sorted(self._manager.all_steps(), reverse=True)
     for step in steps:
       try:
         saved = self._saved_metadata(step)
       except Exception as e:  # pylint: disable=broad-except
-        _STRAY_READS.keep()
         self._set_aside(step, f"unreadable metadata: {_cause(e)}")
         continue
       different = mismatch(saved, abstract_state)
@@ -367,7 +350,6 @@ class Checkpointer:
       try:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        _STRAY_READS.keep()
         if not is_damage(e):
           raise CheckpointError(
               f"checkpoint {step} in {self._directory} could not be "
@@ -406,10 +388,8 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
   run's other steps; nothing is moved (this only reads).
   """
   directory = _absolute(storage.join(workdir, "checkpoints"))
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True)
-  )
-  try:
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(directory, options=options) as manager:
     steps = sorted(manager.all_steps())
     if not steps:
       raise CheckpointError(f"no checkpoint in {directory}")
@@ -427,16 +407,12 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
           ),
       ).state
     except Exception as e:  # pylint: disable=broad-except
-      _STRAY_READS.keep()
       others = [s for s in steps if s != step]
       raise CheckpointError(
           f"checkpoint {step} in {directory} "
           + ("is damaged" if is_damage(e) else "could not be read")
           + f" ({_cause(e)}); other steps there: {others or 'none'}"
       ) from e
-    _STRAY_READS.remove()
-  finally:
-    manager.close()
   return step, state["params"]
 
 

@@ -30,7 +30,7 @@ def _main_command(workdir: str) -> list[str]:
   ]
 
 
-def _truncate_arrays(state_dir: str) -> int:
+def truncate_arrays(state_dir: str) -> int:
   """Halves every file of the OCDBT `d/` folders; returns how many."""
   count = 0
   for folder, _, names in os.walk(state_dir):
@@ -50,7 +50,7 @@ def main() -> None:
   shutil.rmtree(workdir, ignore_errors=True)
   subprocess.run(_main_command(workdir), check=True, capture_output=True)
   os.remove(os.path.join(workdir, "results.json"))
-  files = _truncate_arrays(os.path.join(workdir, "checkpoints", "6", "state"))
+  files = truncate_arrays(os.path.join(workdir, "checkpoints", "6", "state"))
   print(f"truncated {files} array files of checkpoint 6 to half")
   resumed = subprocess.run(
       _main_command(workdir), capture_output=True, text=True, check=False

@@ -19,6 +19,7 @@ from adatape import checkpointing
 from adatape import train
 from adatape.models import encoder
 from configs.parity import adatape as adatape_config
+from experiments import damaged_resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/parity/adatape.py"
@@ -127,17 +128,6 @@ def fixture_tiny_run(finished_run, tmp_path):
   return _tiny_config(), workdir
 
 
-def _truncate_arrays(workdir, step):
-  """Damages checkpoint `step`: its array data files (OCDBT's `d/`
-  folders) cut to half."""
-  state = workdir / "checkpoints" / str(step) / "state"
-  for folder, _, names in os.walk(state):
-    for name in names if os.path.basename(folder) == "d" else ():
-      path = os.path.join(folder, name)
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
-
-
 # A failed read's leftovers (every other read of the checkpoint waking
 # Orbax's closed event loop) reach pytest as unraisable-exception warnings
 # unless the Checkpointer drops them: they fail the test.
@@ -147,7 +137,7 @@ def test_truncated_latest_checkpoint_is_moved_aside_not_deleted(
 ):
   config, workdir = tiny_run
   expected = _params(workdir, 6)
-  _truncate_arrays(workdir, 6)
+  damaged_resume.truncate_arrays(workdir / "checkpoints" / "6" / "state")
   damaged = _tree_digest(workdir / "checkpoints" / "6")
 
   capfd.readouterr()
@@ -166,7 +156,7 @@ def test_analysis_of_a_damaged_checkpoint_is_one_line_and_moves_nothing(
     tiny_run,
 ):
   _, workdir = tiny_run
-  _truncate_arrays(workdir, 6)
+  damaged_resume.truncate_arrays(workdir / "checkpoints" / "6" / "state")
   before = _tree_digest(workdir / "checkpoints")
   with pytest.raises(checkpointing.CheckpointError) as raised:
     checkpointing.restore_params(str(workdir))
