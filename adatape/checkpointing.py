@@ -23,6 +23,7 @@ The errors that the failed read leaves behind are not printed (see
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any
@@ -65,9 +66,22 @@ def _chain(error: BaseException) -> list[BaseException]:
   return seen
 
 
+# TensorStore ends every error with the JSON spec of the store it read (a
+# few hundred characters of driver options); the message before it names
+# the file and the reason.
+_TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec='.*'\]$")
+# A cause longer than this keeps its head (what was being read) and its
+# tail: TensorStore nests its messages outside in, so the reason ("...
+# not valid for value of size 11787") comes last.
+_CAUSE_HEAD, _CAUSE_TAIL = 140, 260
+
+
 def _first_line(error: BaseException) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return f"{type(error).__name__}: {(lines or [''])[0][:240]}"
+  line = _TENSORSTORE_SPEC.sub("", (lines or [""])[0])
+  if len(line) > _CAUSE_HEAD + _CAUSE_TAIL + 5:
+    line = f"{line[:_CAUSE_HEAD]} ... {line[-_CAUSE_TAIL:]}"
+  return f"{type(error).__name__}: {line}"
 
 
 def is_damage(error: BaseException) -> bool:

@@ -67,7 +67,7 @@ def main() -> None:
     if "warning: checkpoint" in line:
       # Other threads' output may share the line.
       warning = line[line.index("warning: checkpoint") :]
-      print(f"stderr line {number}: {warning[:120]} ...")
+      print(f"stderr line {number}: {warning}")
   for line in resumed.stdout.splitlines():
     if line.startswith("resumed from"):
       print(line)

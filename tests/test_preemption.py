@@ -144,7 +144,8 @@ def test_truncated_latest_checkpoint_is_moved_aside_not_deleted(
   train.train_and_evaluate(config, str(workdir))
   captured = capfd.readouterr()
   assert "checkpoint 6" in captured.err and "damaged" in captured.err
-  assert "OUT_OF_RANGE" in captured.err, captured.err  # The cause, named.
+  assert "OUT_OF_RANGE" in captured.err, captured.err  # The cause, named,
+  assert "for value of size" in captured.err  # down to its reason.
   assert "resumed from step 4" in captured.out
   _assert_equal(expected, _params(workdir, 6))
   # The damaged one is kept, byte for byte, under checkpoints/damaged/.
@@ -163,7 +164,8 @@ def test_analysis_of_a_damaged_checkpoint_is_one_line_and_moves_nothing(
   message = str(raised.value)
   assert "\n" not in message
   assert "checkpoint 6" in message and "is damaged" in message
-  assert "OUT_OF_RANGE" in message
+  assert "OUT_OF_RANGE" in message and "for value of size" in message
+  assert "tensorstore_spec" not in message
   assert message.endswith("other steps there: [2, 4]")
   assert _tree_digest(workdir / "checkpoints") == before
   step, params = checkpointing.restore_params(str(workdir), 4)
@@ -339,6 +341,36 @@ class _RaisesWhenCollected:
 
   def __del__(self):
     raise self.error
+
+
+def test_a_long_cause_keeps_what_was_read_and_why_without_the_spec(
+    tiny_run, monkeypatch
+):
+  _, workdir = tiny_run
+  spec = '{"driver":"zarr","kvstore":{"path":"gs://b/r/checkpoints/6/"}}'
+  reason = "Requested byte range [0, 23575) is not valid for value of size 9"
+  middle = "".join(f": Error reading part {i}" for i in range(40))
+  error = ValueError(
+      f'OUT_OF_RANGE: Error opening "zarr" driver{middle}: {reason}'
+      f" [tensorstore_spec='{spec}']\nsecond line"
+  )
+
+  def fails(*args, **kwargs):
+    del args, kwargs
+    try:
+      raise error
+    except ValueError as e:
+      raise RuntimeError("restore failed") from e
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", fails)
+  with pytest.raises(checkpointing.CheckpointError) as raised:
+    checkpointing.restore_params(str(workdir))
+  message = str(raised.value)
+  cause = message[message.index("(") + 1 : message.rindex(")")]
+  assert cause.startswith('ValueError: OUT_OF_RANGE: Error opening "zarr"')
+  assert cause.endswith(reason)
+  assert " ... " in cause and len(cause) < 420
+  assert "tensorstore_spec" not in cause and "second line" not in cause
 
 
 def test_only_a_failed_reads_leftovers_are_dropped():
