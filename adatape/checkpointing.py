@@ -73,14 +73,14 @@ _TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec='.*'\]$")
 # A cause longer than this keeps its head (what was being read) and its
 # tail: TensorStore nests its messages outside in, so the reason ("...
 # not valid for value of size 11787") comes last.
-_CAUSE_HEAD, _CAUSE_TAIL = 140, 260
+_CAUSE_HEAD, _CAUSE_TAIL, _ELISION = 140, 260, " ... "
 
 
 def _first_line(error: BaseException) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   line = _TENSORSTORE_SPEC.sub("", (lines or [""])[0])
-  if len(line) > _CAUSE_HEAD + _CAUSE_TAIL + 5:
-    line = f"{line[:_CAUSE_HEAD]} ... {line[-_CAUSE_TAIL:]}"
+  if len(line) > _CAUSE_HEAD + len(_ELISION) + _CAUSE_TAIL:
+    line = line[:_CAUSE_HEAD] + _ELISION + line[-_CAUSE_TAIL:]
   return f"{type(error).__name__}: {line}"
 
 

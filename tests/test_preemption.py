@@ -173,6 +173,36 @@ def test_analysis_of_a_damaged_checkpoint_is_one_line_and_moves_nothing(
   _assert_equal(params, _params(workdir, 4))
 
 
+def test_a_long_cause_keeps_what_was_read_and_why_without_the_spec(
+    tiny_run, monkeypatch
+):
+  _, workdir = tiny_run
+  spec = '{"driver":"zarr","kvstore":{"path":"gs://b/r/checkpoints/6/"}}'
+  reason = "Requested byte range [0, 23575) is not valid for value of size 9"
+  middle = "".join(f": Error reading part {i}" for i in range(40))
+  error = ValueError(
+      f'OUT_OF_RANGE: Error opening "zarr" driver{middle}: {reason}'
+      f" [tensorstore_spec='{spec}']\nsecond line"
+  )
+
+  def fails(*args, **kwargs):
+    del args, kwargs
+    try:
+      raise error
+    except ValueError as e:
+      raise RuntimeError("restore failed") from e
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", fails)
+  with pytest.raises(checkpointing.CheckpointError) as raised:
+    checkpointing.restore_params(str(workdir))
+  message = str(raised.value)
+  cause = message[message.index("(") + 1 : message.rindex(")")]
+  assert cause.startswith('ValueError: OUT_OF_RANGE: Error opening "zarr"')
+  assert cause.endswith(reason)
+  assert " ... " in cause and len(cause) < 420
+  assert "tensorstore_spec" not in cause and "second line" not in cause
+
+
 def test_unparsable_metadata_is_damage(tiny_run, capfd):
   config, workdir = tiny_run
   with open(workdir / "checkpoints" / "6" / "state" / "_METADATA", "w") as f:
@@ -341,36 +371,6 @@ class _RaisesWhenCollected:
 
   def __del__(self):
     raise self.error
-
-
-def test_a_long_cause_keeps_what_was_read_and_why_without_the_spec(
-    tiny_run, monkeypatch
-):
-  _, workdir = tiny_run
-  spec = '{"driver":"zarr","kvstore":{"path":"gs://b/r/checkpoints/6/"}}'
-  reason = "Requested byte range [0, 23575) is not valid for value of size 9"
-  middle = "".join(f": Error reading part {i}" for i in range(40))
-  error = ValueError(
-      f'OUT_OF_RANGE: Error opening "zarr" driver{middle}: {reason}'
-      f" [tensorstore_spec='{spec}']\nsecond line"
-  )
-
-  def fails(*args, **kwargs):
-    del args, kwargs
-    try:
-      raise error
-    except ValueError as e:
-      raise RuntimeError("restore failed") from e
-
-  monkeypatch.setattr(ocp.CheckpointManager, "restore", fails)
-  with pytest.raises(checkpointing.CheckpointError) as raised:
-    checkpointing.restore_params(str(workdir))
-  message = str(raised.value)
-  cause = message[message.index("(") + 1 : message.rindex(")")]
-  assert cause.startswith('ValueError: OUT_OF_RANGE: Error opening "zarr"')
-  assert cause.endswith(reason)
-  assert " ... " in cause and len(cause) < 420
-  assert "tensorstore_spec" not in cause and "second line" not in cause
 
 
 def test_only_a_failed_reads_leftovers_are_dropped():
