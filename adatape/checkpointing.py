@@ -72,7 +72,7 @@ def _chain(error: BaseException) -> list[BaseException]:
 _TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec='.*'\]$")
 # A cause longer than this keeps its head (what was being read) and its
 # tail: TensorStore nests its messages outside in, so the reason ("...
-# not valid for value of size 11787") comes last.
+# not valid for value of size 11784") comes last.
 _CAUSE_HEAD, _CAUSE_TAIL, _ELISION = 140, 260, " ... "
 
 

@@ -29,7 +29,7 @@
 # all`): every step exited 0, in 82 s on a 2-core CPU (330 s on the slower
 # VM of the first rehearsal, at 993349b; on 2026-12-03 132 s at 6538bfa
 # and 150 s at b0d739b, after the cuDNN change; 102 s at ab1162b, after
-# the checkpoint writer's change; 73 s at 4e78eb3, after the
+# the checkpoint writer's change; 72.5 s at 4e78eb3, after the
 # checkpoint reader's). On a CPU the op tables read the host's
 # threads; a GPU trace's device plane has not been read yet (if it holds no op
 # events, the table says so in one line and the timings stand). A CPU rehearsal
