@@ -6,7 +6,11 @@
 # below, and 430 s):
 #   bash experiments/gpu_checks.sh speed     # issue 14
 #   bash experiments/gpu_checks.sh elastic   # issue 11
-# or both in one call with `all` (790 s of limits: only with time left).
+#   bash experiments/gpu_checks.sh ablate    # issue 14: the S/16 pair
+#                                            # with XLA's attention, and
+#                                            # in float32 (400 s)
+# or all three in one call with `all`, under BUDGET=S seconds (below), so
+# that the later steps are shortened or skipped to end inside the call.
 #
 # Set-up, once, in the checkout (../shared/docs/gpu.md): the stand-in
 # tensorflow module and the wheels the GPU image lacks,
@@ -42,8 +46,8 @@
 set -u
 PART=${1:-all}
 case "$PART" in
-  speed|elastic|all) ;;
-  *) echo "usage: $0 speed|elastic|all (got '$PART')" >&2; exit 2 ;;
+  speed|elastic|all|ablate) ;;
+  *) echo "usage: $0 speed|elastic|all|ablate (got '$PART')" >&2; exit 2 ;;
 esac
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
@@ -78,14 +82,33 @@ fi
 failed=0
 last=0
 
+# BUDGET=S (seconds from the script's start, 0 for none) shortens a step's
+# limit to what is left of it and skips a step with under 30 s left, so
+# that the script ends inside the device call that runs it.
+BUDGET=${BUDGET:-0}
+timings=()
+
 # step NAME SECONDS COMMAND...: runs it under a time limit, keeps going.
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ "$BUDGET" -gt 0 ]; then
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 30 ]; then
+      echo "== $name skipped: ${left} s of BUDGET=$BUDGET left"
+      timings+=("$name skipped")
+      last=124
+      failed=1
+      return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   echo "== $name (limit ${limit} s): $*"
+  local start=$SECONDS
   timeout "$limit" "$@" 2>&1 | grep -v "^W0000\|^I0000" | tail -25
   local code=${PIPESTATUS[0]}
   last=$code
+  timings+=("$name $((SECONDS - start)) s (exit $code)")
   if [ "$code" != 0 ]; then
     echo "== $name failed (exit $code)"
     failed=1
@@ -96,7 +119,7 @@ python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 KIND=$(python3 -c "import re, jax
 kind = jax.devices()[0].device_kind.lower()
 print(re.sub('[^a-z0-9]+', '_', kind).strip('_'))") || exit 1
-if [ "$PART" != elastic ]; then
+if [ "$PART" = speed ] || [ "$PART" = all ]; then
 # Issue 14: bfloat16 with the fused attention, the S/16 pair at batch 256
 # (targets: ViT >= 8000 train img/s, AdaTape >= 0.9 x ViT, ViT inference
 # >= 25000), and what the reader's top-k costs there.
@@ -116,7 +139,7 @@ fi
 step reader_ops 90 python3 -m experiments.reader_ops --batch=$READER_BATCH \
   --repeats=$REPEATS --out="$OUT/reader_ops_${KIND}.txt"
 fi
-if [ "$PART" != speed ]; then
+if [ "$PART" = elastic ] || [ "$PART" = all ]; then
 # Issue 11: elastic inference of AdaTape-S/16 at random init, and of the
 # default parity model trained there (about a minute on the H200).
 step elastic_s16 150 python3 -m experiments.elastic_inference \
@@ -136,4 +159,20 @@ for buckets in default tuned; do
     --out="$OUT/elastic_inference_parity_${KIND}_$buckets.txt"
 done
 fi
+if [ "$PART" = ablate ] || [ "$PART" = all ]; then
+# What the speed part's figures owe to each change, on the same device:
+# the S/16 pair in bfloat16 with XLA's attention (the cuDNN kernel's
+# share; skipped when the speed part already fell back to it) and in
+# float32 (the mixed-precision share; the float32 figures in
+# ../shared/docs/gpu.md predate the lean step).
+if [ ! -f "$OUT/throughput_${KIND}_xla.txt" ]; then
+  step ablate_xla 200 python3 -m experiments.throughput --dtype=bfloat16 \
+    --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+    --out="$OUT/throughput_${KIND}_xla.txt"
+fi
+step ablate_float32 200 python3 -m experiments.throughput --dtype=float32 \
+  --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+  --out="$OUT/throughput_${KIND}_float32.txt"
+fi
+echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed
