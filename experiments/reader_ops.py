@@ -8,7 +8,7 @@ is a large share of an inference pass although its FLOPs are not
                candidates are picked by rank (`reader.top_k`, M^2
                compares per example, fused) or by `lax.top_k` (a sort), per
                bank size M: the reader picks by rank up to
-               `RANK_TOP_K_MAX_ENTRIES` entries
+               `RANK_TOP_K_MAX_ENTRIES` entries of this platform
 
   python -m experiments.reader_ops [--batch=1024] [--repeats=31] [--out=F]
 """
@@ -33,7 +33,8 @@ def _read_with(limit: int, cfg: tape.TapeConfig):
 
   def read(query, bank):
     saved = reader.RANK_TOP_K_MAX_ENTRIES
-    reader.RANK_TOP_K_MAX_ENTRIES = limit  # Read while tracing.
+    # Read while tracing, on whichever platform this runs.
+    reader.RANK_TOP_K_MAX_ENTRIES = {jax.default_backend(): limit}
     try:
       return tape.read_tape(query, bank, cfg, exit_early=True)
     finally:
@@ -84,8 +85,10 @@ def main(argv: list[str]) -> int:
         f"{entries:>5} {ms['rank']:8.2f} {ms['lax']:8.2f} "
         f"{ms['rank'] / ms['lax']:9.2f}"
     )
+  limit = reader.RANK_TOP_K_MAX_ENTRIES.get(jax.default_backend(), 0)
   report(
-      f"(the reader picks by rank up to M = {reader.RANK_TOP_K_MAX_ENTRIES})"
+      f"(on {jax.default_backend()} the reader picks by rank up to M = "
+      f"{limit})"
   )
 
   if args.out:

@@ -323,3 +323,44 @@ def test_per_element_dense_is_the_batched_dense_with_the_same_parameters():
   expected = jax.grad(loss(Batched()))(params)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch, dtype", [(2, None), (4, None), (4, "bf16")])
+def test_patch_embed_is_the_strided_conv_with_the_same_parameters(
+    patch, dtype
+):
+  # The patch stem and bank embed by a matmul of the patches (a GPU
+  # speed-up) where they used nn.Conv: the same tree, initial values,
+  # outputs and gradients, so checkpoints saved before keep loading.
+  dtype = jnp.bfloat16 if dtype else None
+  image = jax.random.normal(jax.random.key(2), (3, 8, 12, 3))
+  conv = nn.Conv(
+      5, (patch, patch), strides=(patch, patch), padding="VALID", dtype=dtype
+  )
+  embed = layers.PatchEmbed(5, patch, dtype=dtype)
+  params = conv.init(jax.random.key(0), image)
+  embed_params = embed.init(jax.random.key(0), image)
+  assert jax.tree.map(lambda a: a.dtype, embed_params) == jax.tree.map(
+      lambda a: a.dtype, params
+  )
+  for a, b in zip(jax.tree.leaves(embed_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  # A bias that is not zero, so that it is seen to be added once.
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  out = embed.apply(params, image)
+  assert out.shape == (3, 8 // patch, 12 // patch, 5)
+  assert out.dtype == (dtype or jnp.float32)
+  tol = 2e-2 if dtype else 1e-5
+  np.testing.assert_allclose(
+      np.float32(out), np.float32(conv.apply(params, image)), atol=tol
+  )
+  g = jax.random.normal(jax.random.key(1), out.shape)
+
+  def loss(module):
+    return lambda p: jnp.sum(module.apply(p, image).astype(jnp.float32) * g)
+
+  grads = jax.grad(loss(embed))(params)
+  expected = jax.grad(loss(conv))(params)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

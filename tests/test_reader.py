@@ -262,7 +262,7 @@ def test_rank_top_k_is_lax_top_k(entries):
   scores[:, ::5] = -np.inf  # Entries already read.
   scores[0] = 0.5  # A row of ties.
   scores = jnp.asarray(scores)
-  assert entries <= reader.RANK_TOP_K_MAX_ENTRIES
+  assert entries <= reader.RANK_TOP_K_MAX_ENTRIES[jax.default_backend()]
   values, index = reader.top_k(scores, 4)
   want_values, want_index = jax.lax.top_k(scores, 4)
   np.testing.assert_array_equal(index, want_index)
@@ -271,6 +271,23 @@ def test_rank_top_k_is_lax_top_k(entries):
   grad = jax.grad(lambda s: (reader.top_k(s, 4)[0] * weights).sum())
   want = jax.grad(lambda s: (jax.lax.top_k(s, 4)[0] * weights).sum())
   np.testing.assert_array_equal(grad(scores), want(scores))
+
+
+@pytest.mark.parametrize(
+    "platform, entries, sorts",
+    [("cpu", 32, False), ("cpu", 33, True), ("gpu", 16, True)],
+)
+def test_top_k_sorts_where_rank_did_not_win(
+    monkeypatch, platform, entries, sorts
+):
+  """Rank selection is taken on CPU up to its measured limit; past it, and
+  on a GPU (where `lax.top_k` was the faster at 16 and 32 entries), the
+  sort."""
+  monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  jaxpr = jax.make_jaxpr(lambda s: reader.top_k(s, 4))(
+      jnp.zeros((2, entries))
+  )
+  assert ("top_k" in str(jaxpr)) == sorts
 
 
 def test_reading_a_small_bank_by_rank_equals_the_sorting_top_k(monkeypatch):
@@ -292,7 +309,7 @@ def test_reading_a_small_bank_by_rank_equals_the_sorting_top_k(monkeypatch):
     return out, grads
 
   by_rank, rank_grads = run()
-  monkeypatch.setattr(reader, "RANK_TOP_K_MAX_ENTRIES", 0)
+  monkeypatch.setattr(reader, "RANK_TOP_K_MAX_ENTRIES", {})
   by_sort, sort_grads = run()
   for name in ("indices_BxSxK", "mask_BxT", "length_B"):
     np.testing.assert_array_equal(

@@ -6,7 +6,8 @@
             input); AdaTape's parity stem (the official `AdaTapeParity`),
             which must read the
             elements through the tape.
-  patches   ViT patch embedding (conv stride P) plus learned positions.
+  patches   ViT patch embedding (a stride-P conv, computed as a matmul of
+            the patches: `layers.PatchEmbed`) plus learned positions.
 
 A zero-initialised CLS token is prepended for the `token` classifier.
 """
@@ -62,13 +63,8 @@ class Stem(nn.Module):
       )
     else:
       p = self.patch_size
-      x = nn.Conv(
-          self.width,
-          (p, p),
-          strides=(p, p),
-          padding="VALID",
-          dtype=self.dtype,
-          name="embedding",
+      x = layers.PatchEmbed(
+          self.width, p, dtype=self.dtype, name="embedding"
       )(inputs)
       x = x.reshape(batch, -1, self.width)
     if self.posemb:

@@ -71,13 +71,8 @@ class PatchBank(nn.Module):
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array) -> jax.Array:
     p = self.patch_size
-    x = nn.Conv(
-        self.width,
-        (p, p),
-        strides=(p, p),
-        padding="VALID",
-        dtype=self.dtype,
-        name="embedding_bank",
+    x = layers.PatchEmbed(
+        self.width, p, dtype=self.dtype, name="embedding_bank"
     )(image_BxHxWxC)
     batch, h, w, d = x.shape
     x = x.reshape(batch, h * w, d)

@@ -29,8 +29,12 @@ from adatape.tape import config as tape_config
 # instead of producing NaNs.
 _DROPPED_PENALTY = 1e9
 
-# Banks of up to this many entries pick their top-K by rank (`top_k`).
-RANK_TOP_K_MAX_ENTRIES = 32
+# Banks of up to this many entries pick their top-K by rank (`top_k`), per
+# jax platform; elsewhere `lax.top_k`. At these sizes rank won only on CPU:
+# a whole read of a 16-entry bank took 0.50 ms by rank against 0.34 ms by
+# `lax.top_k` on the H200, and 0.55 against 0.46 ms at 32 entries
+# (experiments/results/reader_ops_nvidia_h200.txt).
+RANK_TOP_K_MAX_ENTRIES = {"cpu": 32}
 
 
 class TapeReadout(NamedTuple):
@@ -82,12 +86,12 @@ def top_k(scores_BxM: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   the entries of ranks 0..k-1 are the top k in order. That is M^2 compares
   per example, all in one fused op, where XLA's CPU top-k is a sort
   (a library call) in each reading step; past `RANK_TOP_K_MAX_ENTRIES`
-  entries the sort is the cheaper (`experiments/reader_ops.py`).
-  Same values, indices and gradients (into the selected scores) as
-  `lax.top_k`.
+  entries, or on a platform where it did not win, the sort is the cheaper
+  (`experiments/reader_ops.py`). Same values, indices and gradients (into
+  the selected scores) as `lax.top_k`.
   """
   entries = scores_BxM.shape[-1]
-  if entries > RANK_TOP_K_MAX_ENTRIES:
+  if entries > RANK_TOP_K_MAX_ENTRIES.get(jax.default_backend(), 0):
     return jax.lax.top_k(scores_BxM, k)
   position_M = jnp.arange(entries)
   a_BxMx1 = scores_BxM[:, :, None]
