@@ -316,6 +316,14 @@ def model_part(op_name: str) -> str:
   return part + backward
 
 
+def _in_command_buffer(op: str) -> bool:
+  """Whether a GPU trace's op is a command buffer: XLA runs a whole
+  sequence of a program's kernels as one CUDA graph, named so, and the
+  trace times only the graph (the H200's ViT-S/16 train step: 93% of its
+  ops' time in one, experiments/results/throughput_nvidia_h200.txt)."""
+  return op.startswith("command_buffer")
+
+
 def report(
     profile: OpProfile,
     steps: int = 0,
@@ -361,6 +369,13 @@ def report(
       f"{sum(o.calls for o in profile.ops) / steps:g} calls of "
       f"{len(profile.ops)} ops",
   ]
+  graphs = sum(o.seconds for o in profile.ops if _in_command_buffer(o.name))
+  if graphs:
+    lines.append(
+        f"{graphs / total:.0%} of it ran in XLA command buffers (CUDA "
+        "graphs), which a trace does not break into ops; for per-op times "
+        "trace again with XLA_FLAGS=--xla_gpu_enable_command_buffer="
+    )
   for title, rows in tables:
     lines.append(f"{'ms/step':>9}{'share':>7}{'calls/step':>11}  {title}")
     shown, rest = rows[:top], rows[top:]

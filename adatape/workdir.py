@@ -74,10 +74,27 @@ REMOVED = {
 }
 
 
+# Keys whose values were renamed, old value -> today's. `tape.exit_early`
+# was a bool (default True); it changes no output, only how inference
+# reads, so the old default becomes today's ("auto").
+RENAMED_VALUES = {
+    "tape.exit_early": {True: "auto", False: "never"},
+}
+
+
 def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
-  """A saved config (JSON) without the keys `REMOVED` lists; raises
-  ConfigError for a run that used a removed feature."""
+  """A saved config (JSON) without the keys `REMOVED` lists and with the
+  values `RENAMED_VALUES` renames; raises ConfigError for a run that used
+  a removed feature."""
   saved = json.loads(json.dumps(saved))
+  for key, renamed in RENAMED_VALUES.items():
+    found = _lookup(saved, key)
+    if isinstance(found, bool) and found in renamed:
+      *parents, last = key.split(".")
+      node = saved
+      for part in parents:
+        node = node[part]
+      node[last] = renamed[found]
   for key, value in REMOVED.items():
     found = _lookup(saved, key)
     if found is _ABSENT:

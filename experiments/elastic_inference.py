@@ -13,15 +13,17 @@ it), or with --config a randomly initialised model of that config over
 AdaTape-S/16: the tape lengths are then those of the initial reader),
 four ways, in one process, interleaved, after a warm-up that compiles
 every shape:
-  padded        today's padded execution: all T / p reading steps, then
-                every block on all T tape slots (tape.exit_early=False)
+  padded        the padded execution: all T / p reading steps, then
+                every block on all T tape slots (tape.exit_early=never)
   padded/chunk  the same, one chunk of --chunk examples at a time (a loop in
                 one compiled call, as elastic runs its chunks): on a CPU a
                 smaller batch can be faster per example by itself, which
                 is not the tape's doing
   padded+exit   the same, with the reading loop stopping once the batch
-                has halted (the default at inference)
-  elastic       `adatape/elastic.py`: early exit, then the blocks after the
+                has halted (tape.exit_early=always; `auto`, the default,
+                takes it on CPU only)
+  elastic       `adatape/elastic.py`: the read as the run's config says
+                (`auto`: early exit on CPU), then the blocks after the
                 tape per length bucket, on sequences cut to the bucket
 and prints the median time of each, the theoretical saving (1 - analytic
 FLOPs at the measured tape lengths / FLOPs of the padded computation,
@@ -30,7 +32,7 @@ saving: 1 - elastic time / the faster of padded and padded/chunk (each
 against padded alone is printed too).
 
 Where the time goes, to say what any bucketing could realize here: the
-prefix (stem, bank, blocks before the tape, the read with its early exit)
+prefix (stem, bank, blocks before the tape, the read as elastic runs it)
 is timed on the whole batch in the same rounds, and so are the blocks
 after the tape on a whole batch at every tape length, in chunks as
 elastic runs them (`elastic.suffix_runners`). Bucketing can only cut the
@@ -154,9 +156,11 @@ def timed_elsewhere(module: str, argv: list[str], args) -> int | None:
   return None
 
 
-def _random_init(config, padded_config, examples):
-  """A model of `config` at its initial parameters and random images of its
-  input shape (no dataset needed): (model, padded model, params, inputs)."""
+def _random_init(configs, examples):
+  """Models of `configs` (which differ only in how they read the tape) at
+  the first one's initial parameters, and random images of its input shape
+  (no dataset needed): (models, params, inputs)."""
+  config = configs[0]
   size = config.data.get("image_size")
   run_config.check(
       bool(size),
@@ -181,7 +185,7 @@ def _random_init(config, padded_config, examples):
   )(key)
   rng = np.random.default_rng(0)
   inputs = rng.uniform(-1, 1, (examples,) + input_shape).astype(np.float32)
-  return model, build(padded_config), params, inputs
+  return [model] + [build(c) for c in configs[1:]], params, inputs
 
 
 def main(argv: list[str]) -> int:
@@ -238,14 +242,19 @@ def main(argv: list[str]) -> int:
     if args.dtype:
       config.model.dtype = args.dtype
     padded_config = ml_collections.ConfigDict(config.to_dict())
-    padded_config.tape.exit_early = False
+    padded_config.tape.exit_early = "never"
+    exit_config = ml_collections.ConfigDict(config.to_dict())
+    exit_config.tape.exit_early = "always"
     if args.workdir:
       run = assemble.prepare(config)
-      model, padded_model = run.model, assemble.prepare(padded_config).model
+      model = run.model
+      padded_model, exit_model = (
+          assemble.prepare(c).model for c in (padded_config, exit_config)
+      )
       inputs = analysis.eval_inputs(run, args.examples)
     else:
-      model, padded_model, params, inputs = _random_init(
-          config, padded_config, args.examples or args.batch
+      (model, padded_model, exit_model), params, inputs = _random_init(
+          (config, padded_config, exit_config), args.examples or args.batch
       )
     buckets = args.buckets
     if buckets != "tuned":
@@ -268,7 +277,7 @@ def main(argv: list[str]) -> int:
   used = sum(len(b) for b in batches)
   # A chunk of the whole batch: one call of the forward per batch.
   padded = elastic.forward_in_chunks(padded_model, args.batch)
-  exiting = elastic.forward_in_chunks(model, args.batch)
+  exiting = elastic.forward_in_chunks(exit_model, args.batch)
   padded_chunks = elastic.forward_in_chunks(
       padded_model, min(args.chunk, args.batch)
   )

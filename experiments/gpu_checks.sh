@@ -1,16 +1,24 @@
 #!/bin/bash
 # The accelerator figures issues 11 (elastic execution) and 14 (speed)
-# still lack, prepared so that a task lent a GPU spends its short device
-# time measuring. Two parts, each under the device tool's 600 s a call
-# (the time limits of their steps add up to 360, or 580 with the fallback
-# below, and 430 s):
-#   bash experiments/gpu_checks.sh speed     # issue 14
+# still need, prepared so that a task lent a GPU spends its short device
+# time measuring. Three parts, each under the device tool's 600 s a call
+# (the time limits of their steps add up to 410 s, or 610 with the
+# fallback below; 400 s; 430 s):
+#   bash experiments/gpu_checks.sh speed     # issue 14: the S/16 pair,
+#                                            # its ops, the reader's top-k
+#                                            # (not in `all`)
+#   bash experiments/gpu_checks.sh ablate    # issue 14: the S/16 pair in
+#                                            # float32, and with XLA's
+#                                            # attention
 #   bash experiments/gpu_checks.sh elastic   # issue 11
-#   bash experiments/gpu_checks.sh ablate    # issue 14: the S/16 pair
-#                                            # with XLA's attention, and
-#                                            # in float32 (400 s)
-# or all three in one call with `all`, under BUDGET=S seconds (below), so
-# that the later steps are shortened or skipped to end inside the call.
+# or all three in one call with `all` and BUDGET=S (seconds from the
+# script's start), which shortens or skips the later steps so that the
+# script ends inside the call: `BUDGET=550 bash experiments/gpu_checks.sh
+# all` in a call of 580 s. The first lent GPU (2026-12-04, tree at 7f3a12a,
+# that order's predecessor: speed, elastic, ablate) ran, in seconds,
+# throughput (with its trace) 112, reader_ops 10, elastic_s16 140,
+# parity_train 53, elastic_parity 31 and 39, the XLA-attention throughput
+# 151 and 160; the machine's start took about 45 s more.
 #
 # Set-up, once, in the checkout (../shared/docs/gpu.md): the stand-in
 # tensorflow module and the wheels the GPU image lacks,
@@ -20,29 +28,27 @@
 #     --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0 clu==0.0.12
 # then run a part through the device tool with carry [".gpu_tools", ".whl"].
-# Every result file goes to $OUT (the device tool's folder; default
-# experiments/results), named after the device kind (throughput_nvidia_h200.txt
-# and so on, as `experiments/throughput.py --save` names its file), the
-# command on its first line. SMOKE=1 runs the same steps on tiny settings
-# into /tmp/gpu_checks_smoke (a check of the command lines on a CPU, not a
-# measurement). Rehearsed so on 2026-12-02 (tree at 9e8a764) with the GPU
-# image's packages and nothing more (a venv of Python 3.12.1, jax/jaxlib
-# 0.11.2, flax 0.12.10, optax 0.2.8, orbax-checkpoint 0.12.8, numpy,
-# matplotlib, tensorboard; no tensorflow, tfds or ml_collections; the set-up
-# above; `PATH=/tmp/gpuimg/bin:$PATH SMOKE=1 bash experiments/gpu_checks.sh
-# all`): every step exited 0, in 82 s on a 2-core CPU (330 s on the slower
-# VM of the first rehearsal, at 993349b; on 2026-12-03 132 s at 6538bfa
-# and 150 s at b0d739b, after the cuDNN change; 102 s at ab1162b, after
-# the checkpoint writer's change; 72.5 s at 4e78eb3, after the
-# checkpoint reader's). On a CPU the op tables read the host's
-# threads; a GPU trace's device plane has not been read yet (if it holds no op
-# events, the table says so in one line and the timings stand). A CPU rehearsal
-# takes XLA's attention: the cuDNN path that `--attention=auto` takes in
-# bfloat16 on the GPU failed jax's checks for every model until d0782c1, which a
-# CPU cannot show; those checks now run in the suite, the test answering jax's
-# hardware probes (experiments/results/cudnn_masks_cpu.txt). If the throughput
-# step still fails on the device, the speed part runs it again with
-# --attention=xla (its own 220 s; the part's limits then add up to 580 s).
+# Every result file goes to $OUT (the device tool's folder, emptied before
+# each call; default experiments/results), named after the device kind
+# (throughput_nvidia_h200.txt and so on, as `experiments/throughput.py
+# --save` names its file), the command on its first line: 8 files at most
+# from `all`, the tool's limit. SMOKE=1 runs the same steps on tiny
+# settings into /tmp/gpu_checks_smoke (a check of the command lines on a
+# CPU, not a measurement), rehearsed with the GPU image's packages and
+# nothing more (a venv of Python 3.12.1, jax/jaxlib 0.11.2, flax 0.12.10,
+# optax 0.2.8, orbax-checkpoint 0.12.8, numpy, matplotlib, tensorboard; no
+# tensorflow, tfds or ml_collections; the set-up above; `PATH=/tmp/gpuimg/
+# bin:$PATH SMOKE=1 BUDGET=550 bash experiments/gpu_checks.sh all`): on
+# 2026-12-04, before the commit that adds this line, every step exited 0,
+# 8 files in 112 s on a 2-core CPU, and `speed` alone in 44 s.
+#
+# On the H200 the cuDNN attention that `--attention=auto` takes in bfloat16
+# passed jax's checks (throughput_nvidia_h200.txt); if the throughput step
+# fails there, the speed part runs it again with --attention=xla (its own
+# 200 s). XLA runs most of a GPU train step as command buffers (CUDA
+# graphs), which a trace times as one op (93% of the ViT-S/16 step's op
+# time in one, same file), so the op tables come from a second, shorter
+# run with them off, its timings the program's without them.
 set -u
 PART=${1:-all}
 case "$PART" in
@@ -122,26 +128,53 @@ print(re.sub('[^a-z0-9]+', '_', kind).strip('_'))") || exit 1
 if [ "$PART" = speed ] || [ "$PART" = all ]; then
 # Issue 14: bfloat16 with the fused attention, the S/16 pair at batch 256
 # (targets: ViT >= 8000 train img/s, AdaTape >= 0.9 x ViT, ViT inference
-# >= 25000), and what the reader's top-k costs there.
-# --profile adds each train step's XLA ops by time to the same file: where
-# the step's time goes, readable without TensorBoard.
-step throughput 270 python3 -m experiments.throughput --dtype=bfloat16 \
-  --attention=auto --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
-  --profile=/tmp/gpu_checks_profile --profile_top=25 \
-  --out="$OUT/throughput_${KIND}.txt"
+# >= 25000), then where the train steps' time goes, then what the reader's
+# top-k costs there.
+ATTENTION=auto
+step throughput 200 python3 -m experiments.throughput --dtype=bfloat16 \
+  --attention=$ATTENTION --batch=$BATCH --repeats=10 \
+  ${SPECS[@]+"${SPECS[@]}"} --out="$OUT/throughput_${KIND}.txt"
 if [ "$last" != 0 ]; then
   # The same without cuDNN, so that one call still brings the other
   # figures back (a cuDNN refusal fails within the first compile).
-  step throughput_xla 220 python3 -m experiments.throughput \
-    --dtype=bfloat16 --attention=xla --batch=$BATCH --repeats=10 \
+  ATTENTION=xla
+  step throughput_xla 200 python3 -m experiments.throughput \
+    --dtype=bfloat16 --attention=$ATTENTION --batch=$BATCH --repeats=10 \
     ${SPECS[@]+"${SPECS[@]}"} --out="$OUT/throughput_${KIND}_xla.txt"
 fi
-step reader_ops 90 python3 -m experiments.reader_ops --batch=$READER_BATCH \
-  --repeats=$REPEATS --out="$OUT/reader_ops_${KIND}.txt"
+# --profile: each train step's XLA ops by time, and by the part of the
+# model they compute, readable without TensorBoard.
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
+  step throughput_ops 150 python3 -m experiments.throughput \
+  --dtype=bfloat16 --attention=$ATTENTION --batch=$BATCH --repeats=3 \
+  ${SPECS[@]+"${SPECS[@]}"} --profile=/tmp/gpu_checks_profile \
+  --profile_top=25 --out="$OUT/throughput_${KIND}_ops.txt"
+if [ "$PART" = speed ]; then
+  # Left out of `all` (its 8 files are the tool's limit): this reader's
+  # figures are reader_ops_nvidia_h200.txt.
+  step reader_ops 60 python3 -m experiments.reader_ops \
+    --batch=$READER_BATCH --repeats=$REPEATS \
+    --out="$OUT/reader_ops_${KIND}.txt"
+fi
+fi
+if [ "$PART" = ablate ] || [ "$PART" = all ]; then
+# What the speed part's figures owe to each change, on the same device:
+# the S/16 pair in float32 (the mixed-precision share; the float32 figures
+# in ../shared/docs/gpu.md predate the lean step), then in bfloat16 with
+# XLA's attention (the cuDNN kernel's share; skipped when the speed part
+# fell back to it in this call).
+step ablate_float32 200 python3 -m experiments.throughput --dtype=float32 \
+  --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+  --out="$OUT/throughput_${KIND}_float32.txt"
+if [ "${ATTENTION:-auto}" != xla ]; then
+  step ablate_xla 200 python3 -m experiments.throughput --dtype=bfloat16 \
+    --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+    --out="$OUT/throughput_${KIND}_xla.txt"
+fi
 fi
 if [ "$PART" = elastic ] || [ "$PART" = all ]; then
 # Issue 11: elastic inference of AdaTape-S/16 at random init, and of the
-# default parity model trained there (about a minute on the H200).
+# default parity model trained there (53 s on the H200).
 step elastic_s16 150 python3 -m experiments.elastic_inference \
   --config="$S16" --dtype=bfloat16 --examples=$EXAMPLES --batch=$BATCH \
   --chunk=$CHUNK --buckets=tuned --repeats=$REPEATS \
@@ -158,21 +191,6 @@ for buckets in default tuned; do
     --workdir=/tmp/gpu_checks_parity "$flag" --repeats=31 \
     --out="$OUT/elastic_inference_parity_${KIND}_$buckets.txt"
 done
-fi
-if [ "$PART" = ablate ] || [ "$PART" = all ]; then
-# What the speed part's figures owe to each change, on the same device:
-# the S/16 pair in bfloat16 with XLA's attention (the cuDNN kernel's
-# share; skipped when the speed part already fell back to it) and in
-# float32 (the mixed-precision share; the float32 figures in
-# ../shared/docs/gpu.md predate the lean step).
-if [ ! -f "$OUT/throughput_${KIND}_xla.txt" ]; then
-  step ablate_xla 200 python3 -m experiments.throughput --dtype=bfloat16 \
-    --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
-    --out="$OUT/throughput_${KIND}_xla.txt"
-fi
-step ablate_float32 200 python3 -m experiments.throughput --dtype=float32 \
-  --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
-  --out="$OUT/throughput_${KIND}_float32.txt"
 fi
 echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed

@@ -326,9 +326,7 @@ def test_per_element_dense_is_the_batched_dense_with_the_same_parameters():
 
 
 @pytest.mark.parametrize("patch, dtype", [(2, None), (4, None), (4, "bf16")])
-def test_patch_embed_is_the_strided_conv_with_the_same_parameters(
-    patch, dtype
-):
+def test_patch_embed_is_the_strided_conv_with_the_same_parameters(patch, dtype):
   # The patch stem and bank embed by a matmul of the patches (a GPU
   # speed-up) where they used nn.Conv: the same tree, initial values,
   # outputs and gradients, so checkpoints saved before keep loading.
@@ -364,3 +362,44 @@ def test_patch_embed_is_the_strided_conv_with_the_same_parameters(
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
     assert a.dtype == jnp.float32
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "platform, exit_early, loops",
+    [
+        ("cpu", "auto", True),
+        ("gpu", "auto", False),
+        ("gpu", "always", True),
+        ("cpu", "never", False),
+    ],
+)
+def test_inference_reads_with_the_early_exit_where_it_is_taken(
+    monkeypatch, platform, exit_early, loops
+):
+  # `auto` exits early only on the platforms where the while_loop was not
+  # the slower (on the H200 it was); training always runs the static scan.
+  model = models.build(
+      _config("adatape", tape=dict(exit_early=exit_early), stem="flatten"),
+      input_shape=(32, 3),
+      num_classes=2,
+  )
+  x = _parity_inputs(4)
+  variables = model.init({"params": jax.random.key(0)}, x[:1], train=False)
+  monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  infer = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+  assert ("while[" in str(infer)) == loops
+  trained = jax.make_jaxpr(
+      lambda v: model.apply(
+          v, x, train=True, rngs={"dropout": jax.random.key(1)}
+      )
+  )(variables)
+  assert "while[" not in str(trained)
+
+
+def test_exit_early_takes_only_its_choices():
+  with pytest.raises(run_config.ConfigError, match="tape.exit_early=True"):
+    models.build(
+        _config("adatape", tape=dict(exit_early=True), stem="flatten"),
+        input_shape=(32, 3),
+        num_classes=2,
+    )

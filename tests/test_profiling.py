@@ -192,3 +192,20 @@ def test_ops_are_traced_to_the_part_of_the_model_they_compute():
       "tape_*",
       "metrics)",
   ]
+
+
+def test_time_in_command_buffers_is_named_with_the_flag_that_opens_them():
+  # A GPU trace times a CUDA graph as one op: the report says how much of
+  # the step is so hidden, and how to trace without command buffers.
+  ops = [
+      profiling.OpTime("command_buffer_110", 3.0, 6),
+      profiling.OpTime("cudnn-conv.3", 1.0, 2),
+  ]
+  profile = profiling.OpProfile("t", "gpu", "train_step", 2, 4.0, 5.0, ops)
+  notes = [l for l in profiling.report(profile) if "command buffers" in l]
+  assert len(notes) == 1
+  assert notes[0].startswith("75% of it ran in XLA command buffers")
+  assert notes[0].endswith("XLA_FLAGS=--xla_gpu_enable_command_buffer=")
+  ops = [profiling.OpTime("fusion.3", 1.0, 2)]
+  profile = profiling.OpProfile("t", "cpu", "train_step", 2, 1.0, 1.0, ops)
+  assert not [l for l in profiling.report(profile) if "command" in l]

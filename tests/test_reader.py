@@ -284,9 +284,7 @@ def test_top_k_sorts_where_rank_did_not_win(
   on a GPU (where `lax.top_k` was the faster at 16 and 32 entries), the
   sort."""
   monkeypatch.setattr(jax, "default_backend", lambda: platform)
-  jaxpr = jax.make_jaxpr(lambda s: reader.top_k(s, 4))(
-      jnp.zeros((2, entries))
-  )
+  jaxpr = jax.make_jaxpr(lambda s: reader.top_k(s, 4))(jnp.zeros((2, entries)))
   assert ("top_k" in str(jaxpr)) == sorts
 
 

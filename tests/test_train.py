@@ -315,6 +315,24 @@ def test_a_key_added_since_the_run_started_at_its_default_is_no_difference(
     train.train_and_evaluate(_tiny(**{"model.dtype": "bfloat16"}), workdir)
 
 
+def test_a_run_saved_with_a_boolean_exit_early_resumes_and_loads(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny(), workdir)
+  # As written when tape.exit_early was a bool whose default was True.
+  saved = _saved_config(workdir)
+  assert saved["tape"]["exit_early"] == "auto"
+  saved["tape"]["exit_early"] = True
+  _write_saved_config(workdir, saved)
+  assert train.train_and_evaluate(_tiny(), workdir)["steps"] == 6
+  assert analysis.read_run(workdir)[0].tape.exit_early == "auto"
+  saved["tape"]["exit_early"] = False
+  _write_saved_config(workdir, saved)
+  assert analysis.read_run(workdir)[0].tape.exit_early == "never"
+  # Saved as False, it is "never": another setting than today's default.
+  with pytest.raises(run_config.ConfigError, match="tape.exit_early"):
+    train.train_and_evaluate(_tiny(), workdir)
+
+
 def test_a_removed_key_at_its_retired_meaning_still_resumes_and_loads(
     tmp_path,
 ):

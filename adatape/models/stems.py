@@ -63,9 +63,9 @@ class Stem(nn.Module):
       )
     else:
       p = self.patch_size
-      x = layers.PatchEmbed(
-          self.width, p, dtype=self.dtype, name="embedding"
-      )(inputs)
+      x = layers.PatchEmbed(self.width, p, dtype=self.dtype, name="embedding")(
+          inputs
+      )
       x = x.reshape(batch, -1, self.width)
     if self.posemb:
       posemb = self.param(

@@ -16,6 +16,18 @@ from adatape import run_config
 LOSS_TYPES = ("entropy", "max")
 BANK_TYPES = ("input", "learn")
 QUERY_TYPES = ("gap", "token")
+EXIT_EARLY = ("auto", "always", "never")
+# Platforms where the inference read exits early under `exit_early="auto"`.
+# On the H200 the `while_loop` cost more than the reading steps it skipped:
+# the parity model's padded forward took 2.3-2.4 ms with the scan and
+# 3.3-3.5 ms with the early exit (1024 examples), AdaTape-S/16's 134.3
+# against 153.5 ms (256 images, bfloat16; experiments/results/
+# elastic_inference_parity_nvidia_h200_*.txt, elastic_inference_s16_nvidia_
+# h200.txt, rows padded and padded+exit). On a CPU the two were level
+# (101.7 and 101.7, 90.3 and 90.6, 91.3 and 87.6 ms,
+# elastic_inference_parity.txt) and the loop skips more work the shorter
+# the tapes are.
+EXIT_EARLY_PLATFORMS = ("cpu",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +63,11 @@ class TapeConfig:
     early_stop: in training, skip reading steps once the whole batch has
       halted (a `cond` inside the scan). The output is identical either
       way; only the work differs.
-    exit_early: at inference, stop the reading loop once every example of
-      the batch has halted (a `while_loop`). Identical tapes; False runs
-      all T / p steps, as training does (a baseline for timing).
+    exit_early: at inference, whether the reading loop stops once every
+      example of the batch has halted (a `while_loop`): "always", "never"
+      (all T / p steps, as training does), or "auto": on the platforms of
+      `EXIT_EARLY_PLATFORMS`, where it was not the slower. Identical tapes
+      either way.
   """
 
   bank: str = "input"
@@ -75,13 +89,14 @@ class TapeConfig:
   dropout: float = 0.0
   legacy_flat_gather: bool = False
   early_stop: bool = False
-  exit_early: bool = True
+  exit_early: str = "auto"
 
   def __post_init__(self):
     check = run_config.check
     run_config.check_choice("tape.bank", self.bank, BANK_TYPES)
     run_config.check_choice("tape.loss_type", self.loss_type, LOSS_TYPES)
     run_config.check_choice("tape.query_type", self.query_type, QUERY_TYPES)
+    run_config.check_choice("tape.exit_early", self.exit_early, EXIT_EARLY)
     check(
         self.num_tokens >= 1, f"tape.num_tokens={self.num_tokens} must be >= 1"
     )
@@ -139,6 +154,13 @@ class TapeConfig:
           f"tape.bank_size={self.bank_size} must be >= 1 for a learnable "
           "bank",
       )
+
+  def exits_early(self, platform: str) -> bool:
+    """Whether an inference read on `platform` (a jax backend name) stops
+    once the batch has halted."""
+    if self.exit_early == "auto":
+      return platform in EXIT_EARLY_PLATFORMS
+    return self.exit_early == "always"
 
   @property
   def num_steps(self) -> int:

@@ -48,13 +48,14 @@ class TapeAppender(nn.Module):
       )
     # One LayerNorm for the query and every bank entry, as officially.
     norm = nn.LayerNorm(name="bank_norm")
-    # At inference reading stops once every example has halted.
+    # At inference reading stops once every example has halted, where
+    # that is the faster (`TapeConfig.exit_early`).
     readout = reader.read_tape(
         norm(query_BxD.astype(jnp.float32)),
         norm(bank.astype(jnp.float32)),
         cfg,
         dropped_BxM,
-        exit_early=cfg.exit_early and not train,
+        exit_early=not train and cfg.exits_early(jax.default_backend()),
     )
     tokens = readout.tokens_BxTxD.astype(x_BxLxD.dtype)
     if cfg.mlp_dim:
