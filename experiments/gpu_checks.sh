@@ -2,20 +2,20 @@
 # The accelerator figures issues 11 (elastic execution) and 14 (speed)
 # still need, prepared so that a task lent a GPU spends its short device
 # time measuring. Three parts, each under the device tool's 600 s a call
-# (the time limits of their steps add up to 410 s, or 610 with the
-# fallback below; 400 s; 430 s):
+# (the time limits of their steps add up to 400 s, or 600 with the
+# fallback below; 430 s; 400 s):
 #   bash experiments/gpu_checks.sh speed     # issue 14: the S/16 pair,
 #                                            # its ops, the reader's top-k
 #                                            # (not in `all`)
+#   bash experiments/gpu_checks.sh elastic   # issue 11
 #   bash experiments/gpu_checks.sh ablate    # issue 14: the S/16 pair in
 #                                            # float32, and with XLA's
 #                                            # attention
-#   bash experiments/gpu_checks.sh elastic   # issue 11
-# or all three in one call with `all` and BUDGET=S (seconds from the
-# script's start), which shortens or skips the later steps so that the
-# script ends inside the call: `BUDGET=550 bash experiments/gpu_checks.sh
-# all` in a call of 580 s. The first lent GPU (2026-12-04, tree at 7f3a12a,
-# that order's predecessor: speed, elastic, ablate) ran, in seconds,
+# or all three in that order in one call with `all` and BUDGET=S (seconds
+# from the script's start), which shortens or skips the later steps so
+# that the script ends inside the call: `BUDGET=550 bash
+# experiments/gpu_checks.sh all` in a call of 580 s. The first lent GPU
+# (2026-12-04, tree at 7f3a12a, the same order) ran, in seconds,
 # throughput (with its trace) 112, reader_ops 10, elastic_s16 140,
 # parity_train 53, elastic_parity 31 and 39, the XLA-attention throughput
 # 151 and 160; the machine's start took about 45 s more.
@@ -40,7 +40,7 @@
 # tensorflow, tfds or ml_collections; the set-up above; `PATH=/tmp/gpuimg/
 # bin:$PATH SMOKE=1 BUDGET=550 bash experiments/gpu_checks.sh all`): on
 # 2026-12-04, before the commit that adds this line, every step exited 0,
-# 8 files in 112 s on a 2-core CPU, and `speed` alone in 44 s.
+# 8 files in 111 s on a 2-core CPU, and `speed` alone in 44 s.
 #
 # On the H200 the cuDNN attention that `--attention=auto` takes in bfloat16
 # passed jax's checks (throughput_nvidia_h200.txt); if the throughput step
@@ -145,7 +145,7 @@ fi
 # --profile: each train step's XLA ops by time, and by the part of the
 # model they compute, readable without TensorBoard.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
-  step throughput_ops 150 python3 -m experiments.throughput \
+  step throughput_ops 140 python3 -m experiments.throughput \
   --dtype=bfloat16 --attention=$ATTENTION --batch=$BATCH --repeats=3 \
   ${SPECS[@]+"${SPECS[@]}"} --profile=/tmp/gpu_checks_profile \
   --profile_top=25 --out="$OUT/throughput_${KIND}_ops.txt"
@@ -155,21 +155,6 @@ if [ "$PART" = speed ]; then
   step reader_ops 60 python3 -m experiments.reader_ops \
     --batch=$READER_BATCH --repeats=$REPEATS \
     --out="$OUT/reader_ops_${KIND}.txt"
-fi
-fi
-if [ "$PART" = ablate ] || [ "$PART" = all ]; then
-# What the speed part's figures owe to each change, on the same device:
-# the S/16 pair in float32 (the mixed-precision share; the float32 figures
-# in ../shared/docs/gpu.md predate the lean step), then in bfloat16 with
-# XLA's attention (the cuDNN kernel's share; skipped when the speed part
-# fell back to it in this call).
-step ablate_float32 200 python3 -m experiments.throughput --dtype=float32 \
-  --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
-  --out="$OUT/throughput_${KIND}_float32.txt"
-if [ "${ATTENTION:-auto}" != xla ]; then
-  step ablate_xla 200 python3 -m experiments.throughput --dtype=bfloat16 \
-    --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
-    --out="$OUT/throughput_${KIND}_xla.txt"
 fi
 fi
 if [ "$PART" = elastic ] || [ "$PART" = all ]; then
@@ -191,6 +176,21 @@ for buckets in default tuned; do
     --workdir=/tmp/gpu_checks_parity "$flag" --repeats=31 \
     --out="$OUT/elastic_inference_parity_${KIND}_$buckets.txt"
 done
+fi
+if [ "$PART" = ablate ] || [ "$PART" = all ]; then
+# What the speed part's figures owe to each change, on the same device:
+# the S/16 pair in float32 (the mixed-precision share; the float32 figures
+# in ../shared/docs/gpu.md predate the lean step), then in bfloat16 with
+# XLA's attention (the cuDNN kernel's share; skipped when the speed part
+# fell back to it in this call).
+step ablate_float32 200 python3 -m experiments.throughput --dtype=float32 \
+  --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+  --out="$OUT/throughput_${KIND}_float32.txt"
+if [ "${ATTENTION:-auto}" != xla ]; then
+  step ablate_xla 200 python3 -m experiments.throughput --dtype=bfloat16 \
+    --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+    --out="$OUT/throughput_${KIND}_xla.txt"
+fi
 fi
 echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed
