@@ -87,19 +87,29 @@ def _timer(fn, *args):
   return once
 
 
-def matmul_peak_tflops(dtype: Any, repeats: int = 10) -> float:
-  """The device's measured matmul rate in `dtype`: an 8192^3 product on an
-  accelerator (2048^3 on a CPU), median of `repeats`."""
-  n = 2048 if jax.devices()[0].platform == "cpu" else 8192
+def matmul_peak_tflops(dtype: Any, rounds: int = 5) -> float:
+  """The device's measured matmul rate in `dtype`: 8192^3 products on an
+  accelerator (2048^3 on a CPU), 20 (2 on a CPU) issued back to back and
+  waited for once, median of `rounds` such runs after one to warm up.
+
+  Waiting for each product alone counted the dispatch and the idle device
+  between calls: on the H200 that way read 532-618 TFLOP/s in three calls
+  (experiments/results/throughput_nvidia_h200*.txt) where 20 products
+  waited for once read 820 (../shared/docs/gpu.md).
+  """
+  cpu = jax.devices()[0].platform == "cpu"
+  n, calls = (2048, 2) if cpu else (8192, 20)
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
   f = jax.jit(lambda a: a @ a)
-  jax.block_until_ready(f(a))
-  times = []
-  for _ in range(repeats):
+
+  def products() -> float:
     begin = time.perf_counter()
-    jax.block_until_ready(f(a))
-    times.append(time.perf_counter() - begin)
-  return 2 * n**3 / statistics.median(times) / 1e12
+    jax.block_until_ready([f(a) for _ in range(calls)])
+    return time.perf_counter() - begin
+
+  products()
+  seconds = statistics.median(products() for _ in range(rounds))
+  return 2 * n**3 * calls / seconds / 1e12
 
 
 class ForwardCost(NamedTuple):
