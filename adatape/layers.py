@@ -132,7 +132,10 @@ DTYPES = ("float32", "bfloat16")
 ATTENTION = ("auto", "xla", "cudnn")
 
 
-def _platform() -> str:
+def platform() -> str:
+  """The platform of the first device ("cpu", "gpu", "tpu"): it picks
+  the implementations measured per platform (the attention here, the tape
+  reader's top-k and early exit)."""
   return jax.devices()[0].platform
 
 
@@ -154,9 +157,9 @@ def check_attention(attention: str, dtype: str, head_dim: int) -> None:
   run_config.check_choice("model.attention", attention, ATTENTION)
   if attention == "cudnn":
     run_config.check(
-        _platform() == "gpu" and dtype == "bfloat16",
+        platform() == "gpu" and dtype == "bfloat16",
         "model.attention='cudnn' needs a GPU and model.dtype='bfloat16' "
-        f"(here: {_platform()}, {dtype}); choose one of 'auto', 'xla'",
+        f"(here: {platform()}, {dtype}); choose one of 'auto', 'xla'",
     )
     run_config.check(
         cudnn_fits(head_dim),
@@ -172,7 +175,7 @@ def attention_implementation(attention: str, dtype: Any, head_dim: int) -> str:
   if attention != "auto":
     return attention
   fused = (
-      _platform() == "gpu"
+      platform() == "gpu"
       and jnp.dtype(dtype) == jnp.bfloat16
       and cudnn_fits(head_dim)
   )

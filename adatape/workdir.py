@@ -90,10 +90,7 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
   for key, renamed in RENAMED_VALUES.items():
     found = _lookup(saved, key)
     if isinstance(found, bool) and found in renamed:
-      *parents, last = key.split(".")
-      node = saved
-      for part in parents:
-        node = node[part]
+      node, last = _parent(saved, key)
       node[last] = renamed[found]
   for key, value in REMOVED.items():
     found = _lookup(saved, key)
@@ -104,12 +101,17 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
           f"the run was saved with {key}={found}, a setting this code no "
           "longer has; use the code the run was made with"
       )
-    *parents, last = key.split(".")
-    node = saved
-    for part in parents:
-      node = node[part]
+    node, last = _parent(saved, key)
     del node[last]
   return saved
+
+
+def _parent(tree: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+  """The dict holding key "a.b.c" of `tree` (`tree["a"]["b"]`), and "c"."""
+  *parents, last = key.split(".")
+  for part in parents:
+    tree = tree[part]
+  return tree, last
 
 
 def _lookup(tree: Any, key: str) -> Any:

@@ -156,6 +156,13 @@ def timed_elsewhere(module: str, argv: list[str], args) -> int | None:
   return None
 
 
+def _reading(config, exit_early: str) -> ml_collections.ConfigDict:
+  """A copy of `config` whose inference read exits early or not."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.tape.exit_early = exit_early
+  return config
+
+
 def _random_init(configs, examples):
   """Models of `configs` (which differ only in how they read the tape) at
   the first one's initial parameters, and random images of its input shape
@@ -241,10 +248,9 @@ def main(argv: list[str]) -> int:
       config.tape.num_tokens = args.max_tokens
     if args.dtype:
       config.model.dtype = args.dtype
-    padded_config = ml_collections.ConfigDict(config.to_dict())
-    padded_config.tape.exit_early = "never"
-    exit_config = ml_collections.ConfigDict(config.to_dict())
-    exit_config.tape.exit_early = "always"
+    padded_config, exit_config = (
+        _reading(config, exit_early) for exit_early in ("never", "always")
+    )
     if args.workdir:
       run = assemble.prepare(config)
       model = run.model

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adatape import elastic
+from adatape import layers
 from adatape import storage
 from adatape import tape
 from adatape.tape import reader
@@ -34,7 +35,7 @@ def _read_with(limit: int, cfg: tape.TapeConfig):
   def read(query, bank):
     saved = reader.RANK_TOP_K_MAX_ENTRIES
     # Read while tracing, on whichever platform this runs.
-    reader.RANK_TOP_K_MAX_ENTRIES = {jax.default_backend(): limit}
+    reader.RANK_TOP_K_MAX_ENTRIES = {layers.platform(): limit}
     try:
       return tape.read_tape(query, bank, cfg, exit_early=True)
     finally:
@@ -85,10 +86,9 @@ def main(argv: list[str]) -> int:
         f"{entries:>5} {ms['rank']:8.2f} {ms['lax']:8.2f} "
         f"{ms['rank'] / ms['lax']:9.2f}"
     )
-  limit = reader.RANK_TOP_K_MAX_ENTRIES.get(jax.default_backend(), 0)
   report(
-      f"(on {jax.default_backend()} the reader picks by rank up to M = "
-      f"{limit})"
+      f"(on {layers.platform()} the reader picks by rank up to M = "
+      f"{reader.rank_top_k_limit()})"
   )
 
   if args.out:

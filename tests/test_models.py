@@ -385,7 +385,7 @@ def test_inference_reads_with_the_early_exit_where_it_is_taken(
   )
   x = _parity_inputs(4)
   variables = model.init({"params": jax.random.key(0)}, x[:1], train=False)
-  monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  monkeypatch.setattr(layers, "platform", lambda: platform)
   infer = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
   assert ("while[" in str(infer)) == loops
   trained = jax.make_jaxpr(

@@ -228,7 +228,7 @@ def test_every_model_passes_the_checks_of_jax_cudnn_attention(
   AdaTape, 11 for the others) does with a mask in training."""
   monkeypatch.setattr(jax_cudnn, "check_cudnn_version", lambda: 90100)
   monkeypatch.setattr(jax_cudnn, "check_compute_capability", lambda c: True)
-  monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  monkeypatch.setattr(layers, "platform", lambda: "gpu")
   attend, biased = jax.nn.dot_product_attention, []
 
   def recorded(*args, **kwargs):
@@ -273,7 +273,7 @@ def test_the_cudnn_arguments_of_every_model_compute_what_xla_does(
   the padding, spread masks and sequence lengths (a prefix taken for
   AdaTape's keys) give the logits of the plain XLA model. AdaTape reads
   tapes of different lengths here, so a wrong prefix would show."""
-  monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  monkeypatch.setattr(layers, "platform", lambda: "gpu")
   attend = jax.nn.dot_product_attention
 
   def as_xla(*args, implementation=None, **kwargs):
@@ -312,7 +312,7 @@ def test_cudnn_needs_head_dimensions_it_takes(monkeypatch):
       m.setattr(jax, "devices", lambda gpu=gpu: [gpu])
       assert layers.cudnn_fits(192) == fits
       assert layers.cudnn_fits(128) and not layers.cudnn_fits(12)
-  monkeypatch.setattr(layers, "_platform", lambda: "gpu")
+  monkeypatch.setattr(layers, "platform", lambda: "gpu")
   assert layers.attention_implementation("auto", jnp.bfloat16, 64) == "cudnn"
   assert layers.attention_implementation("auto", jnp.bfloat16, 12) == "xla"
   assert layers.attention_implementation("auto", jnp.float32, 64) == "xla"

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adatape import layers
 from adatape import run_config
 from adatape import tape
 from adatape.tape import reader
@@ -262,7 +263,7 @@ def test_rank_top_k_is_lax_top_k(entries):
   scores[:, ::5] = -np.inf  # Entries already read.
   scores[0] = 0.5  # A row of ties.
   scores = jnp.asarray(scores)
-  assert entries <= reader.RANK_TOP_K_MAX_ENTRIES[jax.default_backend()]
+  assert entries <= reader.rank_top_k_limit()
   values, index = reader.top_k(scores, 4)
   want_values, want_index = jax.lax.top_k(scores, 4)
   np.testing.assert_array_equal(index, want_index)
@@ -283,7 +284,7 @@ def test_top_k_sorts_where_rank_did_not_win(
   """Rank selection is taken on CPU up to its measured limit; past it, and
   on a GPU (where `lax.top_k` was the faster at 16 and 32 entries), the
   sort."""
-  monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  monkeypatch.setattr(layers, "platform", lambda: platform)
   jaxpr = jax.make_jaxpr(lambda s: reader.top_k(s, 4))(jnp.zeros((2, entries)))
   assert ("top_k" in str(jaxpr)) == sorts
 

@@ -156,7 +156,7 @@ class TapeConfig:
       )
 
   def exits_early(self, platform: str) -> bool:
-    """Whether an inference read on `platform` (a jax backend name) stops
+    """Whether an inference read on `platform` (`layers.platform()`) stops
     once the batch has halted."""
     if self.exit_early == "auto":
       return platform in EXIT_EARLY_PLATFORMS

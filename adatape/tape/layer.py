@@ -55,7 +55,7 @@ class TapeAppender(nn.Module):
         norm(bank.astype(jnp.float32)),
         cfg,
         dropped_BxM,
-        exit_early=not train and cfg.exits_early(jax.default_backend()),
+        exit_early=not train and cfg.exits_early(layers.platform()),
     )
     tokens = readout.tokens_BxTxD.astype(x_BxLxD.dtype)
     if cfg.mlp_dim:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adatape import layers
 from adatape.tape import config as tape_config
 
 # Bank entries hidden by bank dropout get this penalty instead of -inf, so a
@@ -30,11 +31,16 @@ from adatape.tape import config as tape_config
 _DROPPED_PENALTY = 1e9
 
 # Banks of up to this many entries pick their top-K by rank (`top_k`), per
-# jax platform; elsewhere `lax.top_k`. At these sizes rank won only on CPU:
+# platform (`layers.platform`); elsewhere `lax.top_k`. At these sizes rank won only on CPU:
 # a whole read of a 16-entry bank took 0.50 ms by rank against 0.34 ms by
 # `lax.top_k` on the H200, and 0.55 against 0.46 ms at 32 entries
 # (experiments/results/reader_ops_nvidia_h200.txt).
 RANK_TOP_K_MAX_ENTRIES = {"cpu": 32}
+
+
+def rank_top_k_limit() -> int:
+  """The most bank entries `top_k` picks by rank on this platform."""
+  return RANK_TOP_K_MAX_ENTRIES.get(layers.platform(), 0)
 
 
 class TapeReadout(NamedTuple):
@@ -91,7 +97,7 @@ def top_k(scores_BxM: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   the selected scores) as `lax.top_k`.
   """
   entries = scores_BxM.shape[-1]
-  if entries > RANK_TOP_K_MAX_ENTRIES.get(jax.default_backend(), 0):
+  if entries > rank_top_k_limit():
     return jax.lax.top_k(scores_BxM, k)
   position_M = jnp.arange(entries)
   a_BxMx1 = scores_BxM[:, :, None]
