@@ -83,7 +83,9 @@ class PatchEmbed(nn.Module):
   of a 34.9 ms train step at batch 256, a matmul of 30 GFLOP that the
   618 TFLOP/s measured there does in 0.05 ms; AdaTape's input bank and its
   weight gradient took 1.5 ms more
-  (experiments/results/throughput_nvidia_h200.txt).
+  (experiments/results/throughput_nvidia_h200.txt). As a matmul, the
+  stem took 0.17 ms, forward and weight gradient, on a second H200
+  (throughput_nvidia_h200_ops.txt).
   """
 
   features: int

@@ -324,6 +324,18 @@ def _in_command_buffer(op: str) -> bool:
   return op.startswith("command_buffer")
 
 
+def _kind(op: str) -> str:
+  """An op's name without its instance number (`loop_add_fusion.12`)."""
+  return re.sub(r"\.\d+$", "", op)
+
+
+def _where(op_name: str) -> str:
+  """An `op_name` without the program's scope and with each numbered
+  module starred (`encoderblock_3` -> `encoderblock_*`), so that the same
+  op of every layer adds up."""
+  return re.sub(r"_\d+(?=/|$)", "_*", re.sub(r"^jit\([^)]*\)/", "", op_name))
+
+
 def report(
     profile: OpProfile,
     steps: int = 0,
@@ -335,14 +347,24 @@ def report(
   `top` ops, then the ops added up by kind (the name without its
   instance number: the one matmul op of each layer, the one LayerNorm
   fusion of each block, add up there), and with the program's `sources`
-  (`op_sources`) by the part of the model they compute (`model_part`)."""
+  (`op_sources`) by the part of the model they compute (`model_part`),
+  and by kind and the jax op they came from: the finest of the tables,
+  which on the H200 showed ViT-S/16's LayerNorms moving through
+  transposing fusions (experiments/results/
+  throughput_nvidia_h200_sources.txt)."""
   steps = steps or profile.runs
   total = sum(o.seconds for o in profile.ops)
   tables = [("op", profile.ops)]
-  groups = [("kind of op", lambda name: re.sub(r"\.\d+$", "", name))]
+  groups = [("kind of op", _kind)]
   if sources is not None:
     groups.append(
         ("part of the model", lambda name: model_part(sources.get(name, "")))
+    )
+    groups.append(
+        (
+            "kind of op | where (layers as *)",
+            lambda name: f"{_kind(name)} | {_where(sources.get(name, ''))}",
+        )
     )
   for title, key in groups:
     added = {}

@@ -129,7 +129,7 @@ def train_step(
       "train/task_loss": task_B.mean(),
       "train/aux_loss": out.aux_loss_B.mean(),
       "train/accuracy": correct.mean(),
-      "train/grad_norm": optax.tree.norm(grads),
+      "train/grad_norm": optim.global_norm(grads),
       "train/learning_rate": lr_fn(state.step),
   }
   for name, value in outputs.per_example_metrics(out).items():

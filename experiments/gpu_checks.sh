@@ -11,6 +11,10 @@
 #   bash experiments/gpu_checks.sh ablate    # issue 14: the S/16 pair in
 #                                            # float32, and with XLA's
 #                                            # attention
+#   bash experiments/gpu_checks.sh flags     # issue 14: the global norm
+#                                            # A/B, ViT-S/16 under XLA's
+#                                            # GEMM flags (not in `all`;
+#                                            # 560 s of limits)
 # or all three in that order in one call with `all` and BUDGET=S (seconds
 # from the script's start), which shortens or skips the later steps so
 # that the script ends inside the call: `BUDGET=550 bash
@@ -52,8 +56,9 @@
 set -u
 PART=${1:-all}
 case "$PART" in
-  speed|elastic|all|ablate) ;;
-  *) echo "usage: $0 speed|elastic|all|ablate (got '$PART')" >&2; exit 2 ;;
+  speed|elastic|all|ablate|flags) ;;
+  *) echo "usage: $0 speed|elastic|all|ablate|flags (got '$PART')" >&2
+     exit 2 ;;
 esac
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
@@ -73,6 +78,7 @@ fi
 if [ "$SMOKE" = 1 ]; then
   BATCH=4; EXAMPLES=8; CHUNK=2; REPEATS=1; READER_BATCH=8
   S16=configs/imagenet/adatape.py:tiny
+  VIT=configs/imagenet/vit.py:tiny
   PARITY=configs/parity/adatape.py:tiny
   SPECS=(--spec=configs/imagenet/vit.py:tiny
     --spec=configs/imagenet/adatape.py:tiny,bank=input)
@@ -81,6 +87,7 @@ else
   # The S/16 pair of experiments/throughput.py (its default specs).
   BATCH=256; EXAMPLES=1024; CHUNK=64; REPEATS=11; READER_BATCH=1024
   S16=configs/imagenet/adatape.py:variant=S/16,bank=input
+  VIT=configs/imagenet/vit.py:variant=S/16
   PARITY=configs/parity/adatape.py
   SPECS=()
   TRAIN=()
@@ -191,6 +198,39 @@ if [ "${ATTENTION:-auto}" != xla ]; then
     --attention=xla --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
     --out="$OUT/throughput_${KIND}_xla.txt"
 fi
+fi
+if [ "$PART" = flags ]; then
+# optim.global_norm as it now is (leaves of one shape stacked, about 12
+# reductions) against optax's per-leaf norm; the H200 timed only its
+# first form, every leaf in one vector (global_norm_ab_nvidia_h200.txt).
+step global_norm_ab 200 python3 -m experiments.global_norm_ab \
+  --dtype=bfloat16 --batch=$BATCH --repeats=15 ${SPECS[@]+"${SPECS[@]}"} \
+  --out="$OUT/global_norm_ab_${KIND}_grouped.txt"
+# Issue 14, not in `all`: ViT-S/16 under XLA flags that change how it
+# runs the weight gradients' GEMMs. On the H200, ViT-S/16's
+# LayerNorm backward wrote the normalized activations transposed ([D, B,
+# L]) for split-K GEMMs to read, 5.7 ms of the 35.2 ms step in
+# transposing fusions (experiments/results/
+# throughput_nvidia_h200_sources.txt); the defaults first, for a
+# baseline from the same machine.
+# (Flags jaxlib 0.11.2 accepts; its split-K flags are gone: "Unknown
+# flag in XLA_FLAGS", a fatal error.)
+SAVED_XLA_FLAGS=${XLA_FLAGS:-}
+for flags in "" --xla_gpu_enable_cublaslt=true \
+    --xla_gpu_experimental_pack_dot_operands_along_k_dimension=false \
+    --xla_gpu_enable_triton_gemm=false; do
+  name=${flags#--xla_gpu_}
+  name=${name%=*}
+  # XLA reads a value that does not start with "--" (a blank) as a file
+  # name: no flags at all is no XLA_FLAGS.
+  combined=$(echo "${SAVED_XLA_FLAGS:-} $flags" | xargs)
+  if [ -n "$combined" ]; then export XLA_FLAGS=$combined; else
+    unset XLA_FLAGS; fi
+  step "flags_${name:-default}" 90 \
+    python3 -m experiments.throughput --dtype=bfloat16 --attention=auto \
+    --batch=$BATCH --repeats=10 --spec="$VIT" \
+    --out="$OUT/throughput_${KIND}_flags_${name:-default}.txt"
+done
 fi
 echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed
