@@ -1,6 +1,6 @@
 """Test setup: 8 simulated CPU devices, set before jax is imported, XLA's
 CPU backend without LLVM optimization, and one persistent compilation
-cache for the whole run.
+cache and one temporary folder for the whole run.
 
 Single-device runs use `mesh.data=1` (the first device), so the same
 process compares 1-device and multi-device training. A test that starts
@@ -39,6 +39,17 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# One temporary folder for the run, removed at exit like the cache below:
+# tfds leaves an empty `tmp*tfds` folder behind each builder it makes for
+# data not yet prepared (`DatasetInfo.initialize_from_bucket`), and
+# TensorFlow's autograph its generated files, in the system's temporary
+# folder. Processes the tests start inherit it through TMPDIR.
+if "ADATAPE_TESTS_TMPDIR" not in os.environ:
+  _TMP = tempfile.mkdtemp(prefix="adatape-tests-tmp-")
+  os.environ["ADATAPE_TESTS_TMPDIR"] = os.environ["TMPDIR"] = _TMP
+  atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+tempfile.tempdir = os.environ["ADATAPE_TESTS_TMPDIR"]
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="adatape-tests-jax-cache-")
