@@ -200,7 +200,7 @@ if [ "${ATTENTION:-auto}" != xla ]; then
 fi
 fi
 if [ "$PART" = flags ]; then
-# optim.global_norm as it now is (leaves of one shape stacked, about 12
+# optim.global_norm as it now is (leaves of one shape stacked, 11
 # reductions) against optax's per-leaf norm; the H200 timed only its
 # first form, every leaf in one vector (global_norm_ab_nvidia_h200.txt).
 step global_norm_ab 200 python3 -m experiments.global_norm_ab \
