@@ -50,6 +50,7 @@ import numpy as np
 from adatape import analysis
 from adatape import checkpointing
 from adatape import elastic
+from adatape import layers
 from adatape import models
 from adatape import optim
 from adatape import profiling
@@ -353,7 +354,7 @@ def compare(benches: list[Bench], rows, report=print) -> None:
     # experiments/results/throughput_nvidia_h200_global_norm.txt).
     xla = (
         f"; XLA train-step FLOP ratio {b.train_gflops / base.train_gflops:.3f}"
-        if jax.devices()[0].platform == "cpu"
+        if layers.platform() == "cpu"
         else ""
     )
     report(
