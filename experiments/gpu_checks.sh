@@ -22,7 +22,9 @@
 # (2026-12-04, tree at 7f3a12a, the same order) ran, in seconds,
 # throughput (with its trace) 112, reader_ops 10, elastic_s16 140,
 # parity_train 53, elastic_parity 31 and 39, the XLA-attention throughput
-# 151 and 160; the machine's start took about 45 s more.
+# 151 and 160; the machine's start took about 45 s more. The second
+# (tree at 9edf403), `speed` with BUDGET=330: throughput 116,
+# throughput_ops 120, reader_ops 10.
 #
 # Set-up, once, in the checkout (../shared/docs/gpu.md): the stand-in
 # tensorflow module and the wheels the GPU image lacks,
