@@ -21,11 +21,14 @@ import contextlib
 import shlex
 import sys
 
+import jax
 import optax
 
+from adatape import models
 from adatape import optim
 from adatape import run_config
 from adatape import storage
+from adatape import train
 from experiments import throughput
 
 
@@ -39,6 +42,23 @@ def optax_norm():
     yield
   finally:
     optim.clip_by_global_norm, optim.global_norm = saved
+
+
+def leaves_and_shapes(config, num_classes: int) -> tuple[int, int]:
+  """How many parameter leaves an image model has, and of how many shapes
+  (the reductions `optim.global_norm` makes)."""
+  input_shape = (config.data.image_size,) * 2 + (3,)
+  model = models.build(config, input_shape=input_shape, num_classes=num_classes)
+  state = jax.eval_shape(
+      lambda: train.init_state(
+          jax.random.key(0),
+          model=model,
+          tx=optax.identity(),
+          input_shape=input_shape,
+      )
+  )
+  leaves = jax.tree.leaves(state.params)
+  return len(leaves), len({leaf.shape for leaf in leaves})
 
 
 def main(argv: list[str]) -> int:
@@ -86,9 +106,10 @@ def main(argv: list[str]) -> int:
   rows = throughput.run(benches, args.repeats, report)
   for old, new in zip(benches[::2], benches[1::2]):
     ratio = rows[new.label]["train_step_s"] / rows[old.label]["train_step_s"]
+    leaves, shapes = leaves_and_shapes(new.config, args.num_classes)
     report(
         f"{new.label}: train step time with optim.global_norm / with "
-        f"optax's {ratio:.4f}"
+        f"optax's {ratio:.4f} ({leaves} parameter leaves in {shapes} shapes)"
     )
   if args.out:
     storage.write_atomic(args.out, "\n".join(lines) + "\n")

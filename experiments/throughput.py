@@ -98,8 +98,7 @@ def matmul_peak_tflops(dtype: Any, rounds: int = 5) -> float:
   (experiments/results/throughput_nvidia_h200*.txt) where 20 products
   waited for once read 820 (../shared/docs/gpu.md).
   """
-  cpu = jax.devices()[0].platform == "cpu"
-  n, calls = (2048, 2) if cpu else (8192, 20)
+  n, calls = (2048, 2) if layers.platform() == "cpu" else (8192, 20)
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
   f = jax.jit(lambda a: a @ a)
 

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -107,10 +108,11 @@ def test_bad_optimizer_config_is_rejected():
 
 def test_global_norm_is_the_norm_of_all_leaves_together():
   rng = np.random.default_rng(0)
-  # Sizes that do not fill the rows of 1024 it sums, a bfloat16 leaf, a
+  # Two leaves of one shape (stacked together), a bfloat16 leaf, a
   # scalar, and an empty one.
   tree = {
       "kernel": rng.normal(size=(37, 61)).astype(np.float32),
+      "other": rng.normal(size=(37, 61)).astype(np.float32) * 3,
       "bias": rng.normal(size=(5,)).astype(np.float32) * 1e3,
       "half": jnp.asarray(rng.normal(size=(3, 7)), jnp.bfloat16),
       "scale": np.float32(-2.5),
@@ -244,3 +246,36 @@ def test_train_step_with_the_grouped_norm_equals_optax():
   )
   for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(old.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_clip_and_the_logged_norm_are_one_computation():
+  # The train step asks for the gradients' norm twice (to clip, and as
+  # train/grad_norm); both ask optim.global_norm, so XLA computes it once:
+  # two scalar square roots traced, one compiled.
+  config = parity_adatape.get_config("tiny")
+  shape = (config.data.seq_len, 3)
+  model = models.build(config, input_shape=shape, num_classes=2)
+  opt = optim.Config(learning_rate=0.1, schedule="constant", clip_norm=1.0)
+  tx = optim.create(opt, 10)
+  state = jax.eval_shape(
+      lambda: train.init_state(
+          jax.random.key(0), model=model, tx=tx, input_shape=shape
+      )
+  )
+  batch = {
+      "inputs": jax.ShapeDtypeStruct((8,) + shape, jnp.float32),
+      "label": jax.ShapeDtypeStruct((8,), jnp.int32),
+  }
+  step = jax.jit(
+      functools.partial(
+          train.train_step,
+          model=model,
+          tx=tx,
+          lr_fn=optim.schedule(opt, 10),
+          loss=config.loss,
+      )
+  )
+  lowered = step.lower(state, batch)
+  traced = re.findall(r"stablehlo.sqrt %\S+ : tensor<f32>", lowered.as_text())
+  compiled = re.findall(r"f32\[\] sqrt\(", lowered.compile().as_text())
+  assert (len(traced), len(compiled)) == (2, 1)

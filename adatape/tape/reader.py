@@ -31,10 +31,10 @@ from adatape.tape import config as tape_config
 _DROPPED_PENALTY = 1e9
 
 # Banks of up to this many entries pick their top-K by rank (`top_k`), per
-# platform (`layers.platform`); elsewhere `lax.top_k`. At these sizes rank won only on CPU:
-# a whole read of a 16-entry bank took 0.50 ms by rank against 0.34 ms by
-# `lax.top_k` on the H200, and 0.55 against 0.46 ms at 32 entries
-# (experiments/results/reader_ops_nvidia_h200.txt).
+# platform (`layers.platform`); elsewhere `lax.top_k`. At these sizes rank
+# won only on CPU: a whole read of a 16-entry bank took 0.50 ms by rank
+# against 0.34 ms by `lax.top_k` on the H200, and 0.55 against 0.46 ms at
+# 32 entries (experiments/results/reader_ops_nvidia_h200.txt).
 RANK_TOP_K_MAX_ENTRIES = {"cpu": 32}
 
 
