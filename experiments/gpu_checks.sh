@@ -11,10 +11,10 @@
 #   bash experiments/gpu_checks.sh ablate    # issue 14: the S/16 pair in
 #                                            # float32, and with XLA's
 #                                            # attention
-#   bash experiments/gpu_checks.sh flags     # issue 14: the global norm
-#                                            # A/B, ViT-S/16 under XLA's
-#                                            # GEMM flags (not in `all`;
-#                                            # 560 s of limits)
+#   bash experiments/gpu_checks.sh flags     # issue 14: ViT-S/16 under
+#                                            # XLA flags, the global norm
+#                                            # A/B (not in `all`; 600 s
+#                                            # of limits)
 # or all three in that order in one call with `all` and BUDGET=S (seconds
 # from the script's start), which shortens or skips the later steps so
 # that the script ends inside the call: `BUDGET=550 bash
@@ -202,25 +202,23 @@ if [ "${ATTENTION:-auto}" != xla ]; then
 fi
 fi
 if [ "$PART" = flags ]; then
-# optim.global_norm as it now is (leaves of one shape stacked, 11
-# reductions) against optax's per-leaf norm; the H200 timed only its
-# first form, every leaf in one vector (global_norm_ab_nvidia_h200.txt).
-step global_norm_ab 200 python3 -m experiments.global_norm_ab \
-  --dtype=bfloat16 --batch=$BATCH --repeats=15 ${SPECS[@]+"${SPECS[@]}"} \
-  --out="$OUT/global_norm_ab_${KIND}_grouped.txt"
 # Issue 14, not in `all`: ViT-S/16 under XLA flags that change how it
-# runs the weight gradients' GEMMs. On the H200, ViT-S/16's
-# LayerNorm backward wrote the normalized activations transposed ([D, B,
-# L]) for split-K GEMMs to read, 5.7 ms of the 35.2 ms step in
-# transposing fusions (experiments/results/
+# runs the weight gradients' GEMMs, its LayerNorms and its launches. On
+# the H200, ViT-S/16's LayerNorm backward wrote the normalized
+# activations transposed ([D, B, L]) for split-K GEMMs to read, 5.7 ms
+# of the 35.2 ms step in transposing fusions, and the GPU sat idle 5.4
+# ms between kernels (experiments/results/
 # throughput_nvidia_h200_sources.txt); the defaults first, for a
-# baseline from the same machine.
-# (Flags jaxlib 0.11.2 accepts; its split-K flags are gone: "Unknown
-# flag in XLA_FLAGS", a fatal error.)
+# baseline from the same machine. Flags from jaxlib 0.11.2's own table
+# (its split-K flags are gone: "Unknown flag in XLA_FLAGS", a fatal
+# error): cuBLASLt for the GEMMs; no packing of dot operands along K;
+# cuBLAS for every GEMM (no Triton GEMMs, so no split-K rewrites);
+# cuDNN's LayerNorm kernels; Hopper's programmatic dependent launch.
 SAVED_XLA_FLAGS=${XLA_FLAGS:-}
 for flags in "" --xla_gpu_enable_cublaslt=true \
     --xla_gpu_experimental_pack_dot_operands_along_k_dimension=false \
-    --xla_gpu_enable_triton_gemm=false; do
+    --xla_gpu_enable_triton_gemm=false \
+    --xla_gpu_enable_cudnn_layer_norm=true --xla_gpu_enable_pdl=true; do
   name=${flags#--xla_gpu_}
   name=${name%=*}
   # XLA reads a value that does not start with "--" (a blank) as a file
@@ -228,11 +226,20 @@ for flags in "" --xla_gpu_enable_cublaslt=true \
   combined=$(echo "${SAVED_XLA_FLAGS:-} $flags" | xargs)
   if [ -n "$combined" ]; then export XLA_FLAGS=$combined; else
     unset XLA_FLAGS; fi
-  step "flags_${name:-default}" 90 \
+  step "flags_${name:-default}" 80 \
     python3 -m experiments.throughput --dtype=bfloat16 --attention=auto \
     --batch=$BATCH --repeats=10 --spec="$VIT" \
     --out="$OUT/throughput_${KIND}_flags_${name:-default}.txt"
 done
+if [ -n "$SAVED_XLA_FLAGS" ]; then export XLA_FLAGS=$SAVED_XLA_FLAGS; else
+  unset XLA_FLAGS; fi
+# optim.global_norm as it now is (leaves of one shape stacked, 11
+# reductions) against optax's per-leaf norm, on ViT-S/16; the H200 timed
+# only its first form, every leaf in one vector
+# (global_norm_ab_nvidia_h200.txt).
+step global_norm_ab 120 python3 -m experiments.global_norm_ab \
+  --dtype=bfloat16 --batch=$BATCH --repeats=15 --spec="$VIT" \
+  --out="$OUT/global_norm_ab_${KIND}_grouped.txt"
 fi
 echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed
