@@ -24,7 +24,9 @@
 # parity_train 53, elastic_parity 31 and 39, the XLA-attention throughput
 # 151 and 160; the machine's start took about 45 s more. The second
 # (tree at 9edf403), `speed` with BUDGET=330: throughput 116,
-# throughput_ops 120, reader_ops 10.
+# throughput_ops 120, reader_ops 10. The third (tree at 29d144b),
+# `flags` with BUDGET=500: the six flags_* steps 56-74 s each,
+# global_norm_ab 103 s, 485 s in all.
 #
 # Set-up, once, in the checkout (../shared/docs/gpu.md): the stand-in
 # tensorflow module and the wheels the GPU image lacks,
