@@ -135,6 +135,29 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
   return value
 
 
+def set_from_text(
+    config: ml_collections.ConfigDict, key: str, text: str, what: str
+) -> None:
+  """Sets the dotted `key` of `config` (a key it has, holding a bool,
+  int, float or str) from command-line `text`, read as the type of the
+  value it replaces; `what` names the flag in errors."""
+  *parents, leaf = key.split(".")
+  node = config
+  for depth, name in enumerate(parents):
+    node = node.get(name)
+    if not isinstance(node, ml_collections.ConfigDict):
+      section = ".".join(parents[: depth + 1])
+      raise ConfigError(f"{what}: {section} is not a section of the config")
+  check(leaf in node, f"{what}: {key} is not a key of the config")
+  current = node[leaf]
+  check(
+      isinstance(current, (bool, int, float, str)),
+      f"{what}: {key} holds {type(current).__name__}, not a bool, int, "
+      "float or str",
+  )
+  node[leaf] = _convert(text, current, f"{what}: {key}")
+
+
 def check(condition: bool, message: str) -> None:
   """Raises ConfigError(message) unless `condition` holds."""
   if not condition:

@@ -15,6 +15,10 @@
 #                                            # XLA flags, the global norm
 #                                            # A/B (not in `all`; 600 s
 #                                            # of limits)
+#   bash experiments/gpu_checks.sh unroll    # issue 14: the S/16 pair
+#                                            # with the reading scan
+#                                            # unrolled, in one process
+#                                            # (not in `all`; 240 s)
 # or all three in that order in one call with `all` and BUDGET=S (seconds
 # from the script's start), which shortens or skips the later steps so
 # that the script ends inside the call: `BUDGET=550 bash
@@ -60,8 +64,8 @@
 set -u
 PART=${1:-all}
 case "$PART" in
-  speed|elastic|all|ablate|flags) ;;
-  *) echo "usage: $0 speed|elastic|all|ablate|flags (got '$PART')" >&2
+  speed|elastic|all|ablate|flags|unroll) ;;
+  *) echo "usage: $0 speed|elastic|all|ablate|flags|unroll (got '$PART')" >&2
      exit 2 ;;
 esac
 SMOKE=${SMOKE:-0}
@@ -242,6 +246,18 @@ if [ -n "$SAVED_XLA_FLAGS" ]; then export XLA_FLAGS=$SAVED_XLA_FLAGS; else
 step global_norm_ab 120 python3 -m experiments.global_norm_ab \
   --dtype=bfloat16 --batch=$BATCH --repeats=15 --spec="$VIT" \
   --out="$OUT/global_norm_ab_${KIND}_grouped.txt"
+fi
+if [ "$PART" = unroll ]; then
+# Issue 14, not in `all`: AdaTape-S/16 with its 10-step reading scan as a
+# loop (tape.scan_unroll=1, the default) and written out (10), beside
+# ViT-S/16, in the same interleaved rounds. On the H200 its step ran 877
+# kernels under 5 us against ViT-S/16's 555 and idled 6.3 ms against 5.4
+# (throughput_nvidia_h200_sources.txt); on this project's 2-core CPU the
+# unrolled scan was level (1.008x the loop's step time,
+# experiments/results/scan_unroll_cpu.txt).
+step unroll 240 python3 -m experiments.throughput --dtype=bfloat16 \
+  --attention=auto --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
+  --vary=tape.scan_unroll=1,10 --out="$OUT/throughput_${KIND}_unroll.txt"
 fi
 echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed

@@ -24,6 +24,8 @@ to the analytic train-FLOP ratio.
   python -m experiments.throughput --workdir=RUN        # a trained run
   python -m experiments.throughput --profile=/tmp/prof  # + each train step's
                                                         # XLA ops by time
+  python -m experiments.throughput --vary=tape.scan_unroll=1,10  # one key's
+                                        # values, timed in the same rounds
 
 `--out=FILE` also writes the printed report, the command first (default
 with --save: experiments/results/throughput_<device>.txt). Random-init
@@ -32,6 +34,7 @@ what its eval measured (results.json, eval/tape_length).
 """
 
 import argparse
+import copy
 import functools
 import json
 import os
@@ -260,8 +263,9 @@ def run(
       f"{benches[0].batch}; median of {repeats}; matmul peak "
       + ", ".join(f"{d.name} {p:.3g} TFLOP/s" for d, p in peaks.items())
   )
+  width = max(46, max(len(b.label) for b in benches) + 1)
   report(
-      f"{'model':<46}{'dtype':>9}{'train img/s':>12}{'infer img/s':>12}"
+      f"{'model':<{width}}{'dtype':>9}{'train img/s':>12}{'infer img/s':>12}"
       f"{'compile s':>14}{'static GF':>10}{'analytic GF':>12}{'tape':>6}"
       f"{'MFU':>7}"
   )
@@ -295,7 +299,7 @@ def run(
     )
     tape = f"{b.tape:.2f}" if b.tape is not None else "-"
     report(
-        f"{b.label:<46}{b.dtype.name:>9}{b.batch / train_s:>12.2f}"
+        f"{b.label:<{width}}{b.dtype.name:>9}{b.batch / train_s:>12.2f}"
         f"{b.batch / infer_s:>12.2f}"
         f"{b.train_compile_s:>7.1f}+{b.infer_compile_s:<6.1f}"
         f"{b.static_gflops:>10.3g}{b.analytic_gflops:>12.3g}{tape:>6}"
@@ -364,6 +368,69 @@ def compare(benches: list[Bench], rows, report=print) -> None:
     )
 
 
+def parse_vary(vary: str) -> tuple[str, list[str]]:
+  """`KEY=V1,V2,...` as (KEY, [V1, V2, ...]); ("", []) for none."""
+  if not vary:
+    return "", []
+  key, _, values = vary.partition("=")
+  items = [v.strip() for v in values.split(",") if v.strip()]
+  run_config.check(
+      bool(key.strip()) and len(items) >= 2,
+      f"--vary={vary!r} must be KEY=V1,V2,... with two values or more, "
+      "e.g. tape.scan_unroll=1,10",
+  )
+  return key.strip(), items
+
+
+def _has_key(config: ml_collections.ConfigDict, key: str) -> bool:
+  node = config
+  for name in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      return False
+    node = node[name]
+  return True
+
+
+def varied(loaded: list[Any], vary: str) -> list[Any]:
+  """Each (label, config, params) once per value of `--vary`'s key, the
+  label naming it, where the config has the key (a ViT has no `tape.*`:
+  it runs once, as the others' reference); unchanged without `--vary`."""
+  key, values = parse_vary(vary)
+  if not key:
+    return loaded
+  run_config.check(
+      any(_has_key(config, key) for _, config, _ in loaded),
+      f"--vary: {key} is not a key of any model's config",
+  )
+  out = []
+  for label, config, params in loaded:
+    if not _has_key(config, key):
+      out.append((label, config, params))
+      continue
+    for value in values:
+      config_v = copy.deepcopy(config)
+      run_config.set_from_text(config_v, key, value, "--vary")
+      out.append((f"{label} {key}={value}", config_v, params))
+  return out
+
+
+def compare_values(benches: list[Bench], rows, vary: str, report) -> None:
+  """Under `--vary`, each model's train step time at every value against
+  its time at the first."""
+  key, values = parse_vary(vary)
+  firsts = [
+      b for b in benches if key and b.label.endswith(f" {key}={values[0]}")
+  ]
+  for first in firsts:
+    base = rows[first.label]["train_step_s"]
+    model = first.label.rsplit(f" {key}=", 1)[0]
+    ratios = ", ".join(
+        f"{value} {rows[f'{model} {key}={value}']['train_step_s'] / base:.4f}"
+        for value in values[1:]
+    )
+    report(f"{model}: train step time at {key}=V / at {values[0]}: {ratios}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
@@ -397,6 +464,12 @@ def main():
       help="override every model's model.attention (auto, xla, cudnn)",
   )
   parser.add_argument(
+      "--vary",
+      default="",
+      help="KEY=V1,V2,...: each model at each value of one config key, "
+      "timed in the same interleaved rounds (an A/B in one process)",
+  )
+  parser.add_argument(
       "--out", default="", help="also write the printed report here"
   )
   parser.add_argument(
@@ -420,10 +493,17 @@ def main():
       value = getattr(args, flag)
       run_config.check(value >= 1, f"--{flag}={value} must be >= 1")
     loaded = [
-        (spec, run_config.load(spec, f"--spec={spec}"), None)
+        (
+            spec.replace("configs/", ""),
+            run_config.load(spec, f"--spec={spec}"),
+            None,
+        )
         for spec in args.spec or ([] if args.workdir else DEFAULT_SPECS)
     ]
-    loaded += [(w, *analysis.read_run(w)[::2]) for w in args.workdir]
+    loaded += [
+        (w.rstrip("/").split("/")[-1], *analysis.read_run(w)[::2])
+        for w in args.workdir
+    ]
     for _, config, _ in loaded:
       if args.dtype:
         config.model.dtype = args.dtype
@@ -431,15 +511,13 @@ def main():
         config.model.attention = args.attention
     benches = [
         Bench(
-            label.rstrip("/").split("/")[-1]
-            if label in args.workdir
-            else label.replace("configs/", ""),
+            label,
             config,
             params,
             args.batch,
             args.num_classes if params is None else head_classes(params),
         )
-        for label, config, params in loaded
+        for label, config, params in varied(loaded, args.vary)
     ]
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
@@ -455,6 +533,7 @@ def main():
     report(f"XLA_FLAGS={os.environ['XLA_FLAGS']}")
   rows = run(benches, args.repeats, report)
   compare(benches, rows, report)
+  compare_values(benches, rows, args.vary, report)
   out = args.out
   if args.save and not out:
     kind = re.sub(r"[^a-z0-9]+", "_", jax.devices()[0].device_kind.lower())

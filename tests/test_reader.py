@@ -157,6 +157,41 @@ def test_early_stop_skip_is_identical():
   )
 
 
+@pytest.mark.parametrize("unroll", [3, 10, 64])
+def test_unrolled_scan_reads_the_same_tape(unroll):
+  # Mixed lengths, so that halted and running examples share the loop, and
+  # an unroll that does not divide the 10 steps (3) or exceeds them (64).
+  query, bank = _random(batch=16)
+  cfg = dataclasses.replace(CFG, scan_unroll=unroll)
+  plain = jax.jit(lambda q, b: tape.read_tape(q, b, CFG))(query, bank)
+  unrolled = jax.jit(lambda q, b: tape.read_tape(q, b, cfg))(query, bank)
+  assert len(set(np.asarray(plain.length_B).tolist())) > 1
+  for name in ("mask_BxT", "length_B", "indices_BxSxK"):
+    np.testing.assert_array_equal(
+        getattr(plain, name), getattr(unrolled, name), err_msg=name
+    )
+  for name in ("tokens_BxTxD", "loss_B", "weights_BxSxK"):
+    np.testing.assert_allclose(
+        getattr(plain, name), getattr(unrolled, name), rtol=1e-5, atol=1e-6
+    )
+
+  def grads(c):
+    def loss(q, b):
+      out = tape.read_tape(q, b, c)
+      return (out.tokens_BxTxD**2).sum() + out.loss_B.sum()
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(query, bank)
+
+  for a, b in zip(grads(CFG), grads(cfg)):
+    assert np.abs(np.asarray(a)).sum() > 0
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_scan_unroll_below_one_is_rejected():
+  with pytest.raises(run_config.ConfigError, match="tape.scan_unroll=0"):
+    tape.TapeConfig(num_tokens=10, epsilon=2.0, scan_unroll=0)
+
+
 def test_fixed_selection_is_hard_top_t_with_gradient():
   cfg = dataclasses.replace(CFG, adaptive=False)
   query, bank = _random(batch=3, shared=True)

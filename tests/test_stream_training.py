@@ -7,9 +7,11 @@ runs and the source's tests in `test_stream.py` share the two workers.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ import tensorflow_datasets as tfds
 
 from adatape import analysis
 from adatape import init_from
+from adatape import models
+from adatape import run_config
 from adatape import train
 from configs.imagenet import adatape as imagenet_adatape
 from configs.imagenet import vit as imagenet_vit
@@ -121,6 +125,58 @@ def test_throughput_counts_below_one_are_one_line_errors(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["throughput.py", flag])
     with pytest.raises(SystemExit, match=f"^error: {flag} must be >= 1$"):
       throughput.main()
+
+
+def test_throughput_vary_times_each_value_of_one_key():
+  vit = imagenet_vit.get_config("tiny")
+  ada = imagenet_adatape.get_config("tiny")
+  loaded = throughput.varied(
+      [("vit", vit, None), ("ada", ada, None)], "tape.scan_unroll=1, 4"
+  )
+  # A ViT has no tape: it runs once, as the reference.
+  assert [label for label, _, _ in loaded] == [
+      "vit",
+      "ada tape.scan_unroll=1",
+      "ada tape.scan_unroll=4",
+  ]
+  assert loaded[0][1] is vit
+  assert [c.tape.scan_unroll for _, c, _ in loaded[1:]] == [1, 4]
+  assert ada.tape.scan_unroll == 1  # Copies: the loaded config is kept.
+  with pytest.raises(
+      run_config.ConfigError, match="^-v: tape.epsilon is not a section"
+  ):
+    run_config.set_from_text(ada, "tape.epsilon.x", "1", "-v")
+  model = models.build(loaded[2][1], input_shape=(32, 32, 3), num_classes=10)
+  assert model.config.tape.scan_unroll == 4
+  # Each model's step time at every value against the first.
+  benches = [types.SimpleNamespace(label=label) for label, _, _ in loaded]
+  rows = {
+      "vit": {"train_step_s": 1.0},
+      "ada tape.scan_unroll=1": {"train_step_s": 2.0},
+      "ada tape.scan_unroll=4": {"train_step_s": 1.5},
+  }
+  lines = []
+  throughput.compare_values(benches, rows, "tape.scan_unroll=1,4", lines.append)
+  assert lines == [
+      "ada: train step time at tape.scan_unroll=V / at 1: 4 0.7500"
+  ]
+
+
+@pytest.mark.parametrize(
+    "vary, message",
+    [
+        ("tape.scan_unroll=1", "must be KEY=V1,V2,... with two values"),
+        ("=1,2", "must be KEY=V1,V2,... with two values"),
+        ("tape.nope=1,2", "tape.nope is not a key of any model's config"),
+        ("tape.scan_unroll=1,x", "tape.scan_unroll='x' is not a valid int"),
+        ("tape.layers=1,2", "tape.layers holds tuple, not a bool"),
+        ("tape.epsilon.x=1,2", "tape.epsilon.x is not a key of any model's"),
+    ],
+)
+def test_throughput_bad_vary_is_a_one_line_error(monkeypatch, vary, message):
+  monkeypatch.setattr(sys, "argv", ["throughput.py", f"--vary={vary}"])
+  with pytest.raises(SystemExit, match=f"^error: .*{re.escape(message)}"):
+    throughput.main()
 
 
 def test_few_step_training_under_tfds_mock_data(datasets, tmp_path):

@@ -68,6 +68,12 @@ class TapeConfig:
       (all T / p steps, as training does), or "auto": on the platforms of
       `EXIT_EARLY_PLATFORMS`, where it was not the slower. Identical tapes
       either way.
+    scan_unroll: reading steps per iteration of the reading scan (the
+      `unroll` of `jax.lax.scan`) wherever the read does not exit early:
+      1 runs a loop of T / p iterations; T / p or more writes every step
+      out, so that XLA can fuse across steps and an accelerator launches
+      no loop iterations. The tapes are the same either way (up to float
+      reassociation); only the program differs.
   """
 
   bank: str = "input"
@@ -90,6 +96,7 @@ class TapeConfig:
   legacy_flat_gather: bool = False
   early_stop: bool = False
   exit_early: str = "auto"
+  scan_unroll: int = 1
 
   def __post_init__(self):
     check = run_config.check
@@ -108,6 +115,11 @@ class TapeConfig:
         self.num_tokens % self.tokens_per_step == 0,
         f"tape.num_tokens={self.num_tokens} must be a multiple of "
         f"tape.tokens_per_step={self.tokens_per_step}",
+    )
+    check(
+        self.scan_unroll >= 1,
+        f"tape.scan_unroll={self.scan_unroll} must be >= 1 (1: a loop of "
+        "T / p steps; T / p: no loop)",
     )
     check(self.epsilon > 0, f"tape.epsilon={self.epsilon} must be > 0")
     check(

@@ -239,7 +239,11 @@ def read_tape(
   else:
     body = maybe_step if config.early_stop else step
     _, (index_SxBxK, weight_SxBxK, before_SxB) = jax.lax.scan(
-        body, init, None, length=config.num_steps
+        body,
+        init,
+        None,
+        length=config.num_steps,
+        unroll=min(config.scan_unroll, config.num_steps),
     )
 
   # Halting bookkeeping, vectorised over steps (fewer ops inside the loop).
