@@ -15,10 +15,11 @@
 #                                            # XLA flags, the global norm
 #                                            # A/B (not in `all`; 600 s
 #                                            # of limits)
-#   bash experiments/gpu_checks.sh unroll    # issue 14: the S/16 pair
-#                                            # with the reading scan
-#                                            # unrolled, in one process
-#                                            # (not in `all`; 240 s)
+#   bash experiments/gpu_checks.sh ab        # issue 14: A/Bs in one
+#                                            # process each: the reading
+#                                            # scan unrolled, three XLA
+#                                            # options (not in `all`;
+#                                            # 510 s of limits)
 # or all three in that order in one call with `all` and BUDGET=S (seconds
 # from the script's start), which shortens or skips the later steps so
 # that the script ends inside the call: `BUDGET=550 bash
@@ -64,8 +65,8 @@
 set -u
 PART=${1:-all}
 case "$PART" in
-  speed|elastic|all|ablate|flags|unroll) ;;
-  *) echo "usage: $0 speed|elastic|all|ablate|flags|unroll (got '$PART')" >&2
+  speed|elastic|all|ablate|flags|ab) ;;
+  *) echo "usage: $0 speed|elastic|all|ablate|flags|ab (got '$PART')" >&2
      exit 2 ;;
 esac
 SMOKE=${SMOKE:-0}
@@ -247,17 +248,31 @@ step global_norm_ab 120 python3 -m experiments.global_norm_ab \
   --dtype=bfloat16 --batch=$BATCH --repeats=15 --spec="$VIT" \
   --out="$OUT/global_norm_ab_${KIND}_grouped.txt"
 fi
-if [ "$PART" = unroll ]; then
-# Issue 14, not in `all`: AdaTape-S/16 with its 10-step reading scan as a
-# loop (tape.scan_unroll=1, the default) and written out (10), beside
-# ViT-S/16, in the same interleaved rounds. On the H200 its step ran 877
-# kernels under 5 us against ViT-S/16's 555 and idled 6.3 ms against 5.4
-# (throughput_nvidia_h200_sources.txt); on this project's 2-core CPU the
-# unrolled scan was level (1.008x the loop's step time,
-# experiments/results/scan_unroll_cpu.txt).
-step unroll 240 python3 -m experiments.throughput --dtype=bfloat16 \
+if [ "$PART" = ab ]; then
+# Issue 14, not in `all`: A/Bs timed in the same interleaved rounds of one
+# process each (`throughput.py --vary`), since the same code read 3.8-5.5%
+# apart between processes on the H200 (throughput_nvidia_h200_flags.txt).
+# First AdaTape-S/16 with its 10-step reading scan as a loop
+# (tape.scan_unroll=1, the default) and written out (10), beside
+# ViT-S/16: on the H200 its step ran 877 kernels under 5 us against
+# ViT-S/16's 555 and idled 6.3 ms against 5.4
+# (throughput_nvidia_h200_sources.txt); on the 2-core CPU the unrolled
+# scan was level (experiments/results/scan_unroll_cpu.txt).
+step ab_unroll 180 python3 -m experiments.throughput --dtype=bfloat16 \
   --attention=auto --batch=$BATCH --repeats=10 ${SPECS[@]+"${SPECS[@]}"} \
-  --vary=tape.scan_unroll=1,10 --out="$OUT/throughput_${KIND}_unroll.txt"
+  --vary=tape.scan_unroll=1,10 --out="$OUT/throughput_${KIND}_ab_unroll.txt"
+# Then ViT-S/16 under the XLA options that read above the defaults in
+# processes of their own (cuBLASLt 7279, PDL 7274 train img/s against
+# 6898-7163) or moved inference (no Triton GEMMs: 28853 against
+# 25266-26864), each against its default, set per program.
+for option in xla_gpu_enable_cublaslt=false,true \
+    xla_gpu_enable_pdl=false,true xla_gpu_enable_triton_gemm=true,false; do
+  name=${option#xla_gpu_}
+  name=${name%%=*}
+  step "ab_$name" 110 python3 -m experiments.throughput --dtype=bfloat16 \
+    --attention=auto --batch=$BATCH --repeats=10 --spec="$VIT" \
+    --vary="$option" --out="$OUT/throughput_${KIND}_ab_$name.txt"
+done
 fi
 echo "== steps: ${timings[*]+${timings[*]/%/;}} ${SECONDS} s in all"
 exit $failed

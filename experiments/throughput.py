@@ -26,6 +26,7 @@ to the analytic train-FLOP ratio.
                                                         # XLA ops by time
   python -m experiments.throughput --vary=tape.scan_unroll=1,10  # one key's
                                         # values, timed in the same rounds
+  python -m experiments.throughput --vary=xla_gpu_enable_cublaslt=false,true
 
 `--out=FILE` also writes the printed report, the command first (default
 with --save: experiments/results/throughput_<device>.txt). Random-init
@@ -130,8 +131,10 @@ def forward_cost(
     params: Any,
     images: jax.Array,
     num_classes: int,
+    compiler_options: dict[str, Any] | None = None,
 ) -> ForwardCost:
-  """Compiles a model's eval forward and counts its FLOPs per image."""
+  """Compiles a model's eval forward (with XLA's `compiler_options`) and
+  counts its FLOPs per image."""
   input_shape = tuple(images.shape[1:])
 
   def forward_of(cfg):
@@ -146,7 +149,7 @@ def forward_cost(
       )
       return out.logits, out.metrics_B.get("tape_length"), out.flops_B
 
-    return jax.jit(forward)
+    return jax.jit(forward, compiler_options=compiler_options)
 
   start = time.perf_counter()
   compiled = forward_of(config).lower(params, images).compile()
@@ -177,7 +180,9 @@ def forward_cost(
 
 
 class Bench:
-  """One model's compiled train step and forward on a fixed batch."""
+  """One model's compiled train step and forward on a fixed batch (both
+  with XLA's `compiler_options`, e.g. {"xla_gpu_enable_cublaslt": True}:
+  what XLA_FLAGS sets for a whole process, set per program)."""
 
   def __init__(
       self,
@@ -186,9 +191,11 @@ class Bench:
       params,
       batch: int,
       num_classes: int,
+      compiler_options: dict[str, Any] | None = None,
   ):
     self.label = label
     self.config = config
+    self.compiler_options = compiler_options
     size = config.data.image_size
     input_shape = (size, size, 3)
     model = models.build(
@@ -213,7 +220,8 @@ class Bench:
             tx=tx,
             lr_fn=optim.schedule(opt, config.total_steps),
             loss=config.loss,
-        )
+        ),
+        compiler_options=compiler_options,
     )
 
     start = time.perf_counter()
@@ -223,7 +231,9 @@ class Bench:
     self.train_compile_s = time.perf_counter() - start
     self.train_gflops = _cost_gflops(step_compiled) / batch
     self._step_compiled = step_compiled
-    cost = forward_cost(config, state.params, images, num_classes)
+    cost = forward_cost(
+        config, state.params, images, num_classes, compiler_options
+    )
     self.infer_compile_s = cost.compile_s
     self.static_gflops = cost.static_gflops
     self.tape = cost.tape_length
@@ -235,8 +245,14 @@ class Bench:
     self.train_once = _timer(
         step_compiled, state, {"inputs": images, "label": labels}
     )
+    self._forward_compiled = cost.forward
     self.infer_once = _timer(cost.forward, state.params, images)
     self.batch = batch
+
+  @property
+  def infer_hlo(self) -> str:
+    """The compiled forward's HLO text."""
+    return self._forward_compiled.as_text()
 
   @property
   def train_hlo(self) -> str:
@@ -340,14 +356,15 @@ def profile(benches: list[Bench], folder: str, top: int, report=print):
 
 def compare(benches: list[Bench], rows, report=print) -> None:
   """The step-time vs analytic FLOP ratio of each AdaTape to the first
-  ViT."""
+  ViT (under `--vary=xla_...`, the first compiled with the same option)."""
   vits = [b for b in benches if b.config.model.name == "transformer"]
   if not vits:
     return
-  base = vits[0]
   for b in benches:
     if b.config.model.name != "adatape":
       continue
+    same = [v for v in vits if v.compiler_options == b.compiler_options]
+    base = (same or vits)[0]
     time_ratio = (
         rows[b.label]["train_step_s"] / rows[base.label]["train_step_s"]
     )
@@ -391,44 +408,65 @@ def _has_key(config: ml_collections.ConfigDict, key: str) -> bool:
   return True
 
 
+def xla_option(text: str) -> bool | int | str:
+  """A `--vary` value of an XLA option: true/false, an integer, or text."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return int(text)
+  except ValueError:
+    return text
+
+
 def varied(loaded: list[Any], vary: str) -> list[Any]:
-  """Each (label, config, params) once per value of `--vary`'s key, the
-  label naming it, where the config has the key (a ViT has no `tape.*`:
-  it runs once, as the others' reference); unchanged without `--vary`."""
+  """(label, config, params, XLA compiler options) per model and value of
+  `--vary`'s key, the label naming the value. A key that starts with
+  `xla_` is an XLA option (the name XLA_FLAGS takes without its dashes),
+  set on every model's programs; any other is a config key, varied where
+  the config has it (a ViT has no `tape.*`: it runs once, as the others'
+  reference). Without `--vary`, each model once with no options."""
   key, values = parse_vary(vary)
   if not key:
-    return loaded
+    return [(label, config, params, None) for label, config, params in loaded]
+  is_xla = key.startswith("xla_")
   run_config.check(
-      any(_has_key(config, key) for _, config, _ in loaded),
-      f"--vary: {key} is not a key of any model's config",
+      is_xla or any(_has_key(config, key) for _, config, _ in loaded),
+      f"--vary: {key} is not a key of any model's config (nor an XLA "
+      "option: xla_...)",
   )
   out = []
   for label, config, params in loaded:
-    if not _has_key(config, key):
-      out.append((label, config, params))
+    if not is_xla and not _has_key(config, key):
+      out.append((label, config, params, None))
       continue
     for value in values:
-      config_v = copy.deepcopy(config)
-      run_config.set_from_text(config_v, key, value, "--vary")
-      out.append((f"{label} {key}={value}", config_v, params))
+      options, config_v = None, config
+      if is_xla:
+        options = {key: xla_option(value)}
+      else:
+        config_v = copy.deepcopy(config)
+        run_config.set_from_text(config_v, key, value, "--vary")
+      out.append((f"{label} {key}={value}", config_v, params, options))
   return out
 
 
 def compare_values(benches: list[Bench], rows, vary: str, report) -> None:
-  """Under `--vary`, each model's train step time at every value against
-  its time at the first."""
+  """Under `--vary`, each model's train and forward step times at every
+  value against its times at the first."""
   key, values = parse_vary(vary)
   firsts = [
       b for b in benches if key and b.label.endswith(f" {key}={values[0]}")
   ]
   for first in firsts:
-    base = rows[first.label]["train_step_s"]
     model = first.label.rsplit(f" {key}=", 1)[0]
-    ratios = ", ".join(
-        f"{value} {rows[f'{model} {key}={value}']['train_step_s'] / base:.4f}"
-        for value in values[1:]
-    )
-    report(f"{model}: train step time at {key}=V / at {values[0]}: {ratios}")
+    for step in ("train", "infer"):
+      base = rows[first.label][f"{step}_step_s"]
+      ratios = ", ".join(
+          f"{value} "
+          f"{rows[f'{model} {key}={value}'][f'{step}_step_s'] / base:.4f}"
+          for value in values[1:]
+      )
+      report(f"{model}: {step} step time at {key}=V / at {values[0]}: {ratios}")
 
 
 def main():
@@ -467,7 +505,9 @@ def main():
       "--vary",
       default="",
       help="KEY=V1,V2,...: each model at each value of one config key, "
-      "timed in the same interleaved rounds (an A/B in one process)",
+      "or of one XLA option (xla_...: as XLA_FLAGS names it, set per "
+      "program), timed in the same interleaved rounds (an A/B in one "
+      "process)",
   )
   parser.add_argument(
       "--out", default="", help="also write the printed report here"
@@ -516,11 +556,18 @@ def main():
             params,
             args.batch,
             args.num_classes if params is None else head_classes(params),
+            options,
         )
-        for label, config, params in varied(loaded, args.vary)
+        for label, config, params, options in varied(loaded, args.vary)
     ]
   except (run_config.ConfigError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
+  except jax.errors.JaxRuntimeError as e:
+    if not args.vary.startswith("xla_"):
+      raise
+    # XLA refuses an option it does not know, or a value of the wrong
+    # type, when it compiles the first program.
+    sys.exit(f"error: --vary={args.vary}: {str(e).splitlines()[0]}")
   lines = []
 
   def report(line: str) -> None:

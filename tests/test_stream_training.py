@@ -134,13 +134,14 @@ def test_throughput_vary_times_each_value_of_one_key():
       [("vit", vit, None), ("ada", ada, None)], "tape.scan_unroll=1, 4"
   )
   # A ViT has no tape: it runs once, as the reference.
-  assert [label for label, _, _ in loaded] == [
+  assert [label for label, *_ in loaded] == [
       "vit",
       "ada tape.scan_unroll=1",
       "ada tape.scan_unroll=4",
   ]
   assert loaded[0][1] is vit
-  assert [c.tape.scan_unroll for _, c, _ in loaded[1:]] == [1, 4]
+  assert [c.tape.scan_unroll for _, c, _, _ in loaded[1:]] == [1, 4]
+  assert all(options is None for *_, options in loaded)
   assert ada.tape.scan_unroll == 1  # Copies: the loaded config is kept.
   with pytest.raises(
       run_config.ConfigError, match="^-v: tape.epsilon is not a section"
@@ -148,18 +149,46 @@ def test_throughput_vary_times_each_value_of_one_key():
     run_config.set_from_text(ada, "tape.epsilon.x", "1", "-v")
   model = models.build(loaded[2][1], input_shape=(32, 32, 3), num_classes=10)
   assert model.config.tape.scan_unroll == 4
-  # Each model's step time at every value against the first.
-  benches = [types.SimpleNamespace(label=label) for label, _, _ in loaded]
+  # Each model's step times at every value against the first.
+  benches = [types.SimpleNamespace(label=label) for label, *_ in loaded]
   rows = {
-      "vit": {"train_step_s": 1.0},
-      "ada tape.scan_unroll=1": {"train_step_s": 2.0},
-      "ada tape.scan_unroll=4": {"train_step_s": 1.5},
+      "vit": {"train_step_s": 1.0, "infer_step_s": 1.0},
+      "ada tape.scan_unroll=1": {"train_step_s": 2.0, "infer_step_s": 1.0},
+      "ada tape.scan_unroll=4": {"train_step_s": 1.5, "infer_step_s": 1.1},
   }
   lines = []
   throughput.compare_values(benches, rows, "tape.scan_unroll=1,4", lines.append)
   assert lines == [
-      "ada: train step time at tape.scan_unroll=V / at 1: 4 0.7500"
+      "ada: train step time at tape.scan_unroll=V / at 1: 4 0.7500",
+      "ada: infer step time at tape.scan_unroll=V / at 1: 4 1.1000",
   ]
+
+
+def test_throughput_vary_sets_an_xla_option_on_every_program():
+  vit = imagenet_vit.get_config("tiny")
+  loaded = throughput.varied(
+      [("vit", vit, None)], "xla_cpu_enable_fast_math=false,true,3,fusion"
+  )
+  assert [options for *_, options in loaded] == [
+      {"xla_cpu_enable_fast_math": False},
+      {"xla_cpu_enable_fast_math": True},
+      {"xla_cpu_enable_fast_math": 3},
+      {"xla_cpu_enable_fast_math": "fusion"},
+  ]
+  assert all(config is vit for _, config, _, _ in loaded)
+  # The option reaches both compiled programs: without XLA's fusion pass
+  # the train step and the forward compile to other HLO.
+  plain = throughput.Bench("plain", vit, None, batch=2, num_classes=10)
+  unfused = throughput.Bench(
+      "unfused",
+      vit,
+      None,
+      batch=2,
+      num_classes=10,
+      compiler_options={"xla_disable_hlo_passes": "fusion"},
+  )
+  assert plain.train_hlo.count("fusion(") != unfused.train_hlo.count("fusion(")
+  assert plain.infer_hlo.count("fusion(") != unfused.infer_hlo.count("fusion(")
 
 
 @pytest.mark.parametrize(
@@ -168,6 +197,7 @@ def test_throughput_vary_times_each_value_of_one_key():
         ("tape.scan_unroll=1", "must be KEY=V1,V2,... with two values"),
         ("=1,2", "must be KEY=V1,V2,... with two values"),
         ("tape.nope=1,2", "tape.nope is not a key of any model's config"),
+        ("xla_nope=1,2", "No such compile option: 'xla_nope'"),
         ("tape.scan_unroll=1,x", "tape.scan_unroll='x' is not a valid int"),
         ("tape.layers=1,2", "tape.layers holds tuple, not a bool"),
         ("tape.epsilon.x=1,2", "tape.epsilon.x is not a key of any model's"),
