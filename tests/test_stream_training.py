@@ -204,7 +204,16 @@ def test_throughput_vary_sets_an_xla_option_on_every_program():
     ],
 )
 def test_throughput_bad_vary_is_a_one_line_error(monkeypatch, vary, message):
-  monkeypatch.setattr(sys, "argv", ["throughput.py", f"--vary={vary}"])
+  monkeypatch.setattr(
+      sys,
+      "argv",
+      [
+          "throughput.py",
+          "--spec=configs/imagenet/vit.py:tiny",
+          "--spec=configs/imagenet/adatape.py:tiny",
+          f"--vary={vary}",
+      ],
+  )
   with pytest.raises(SystemExit, match=f"^error: .*{re.escape(message)}"):
     throughput.main()
 
