@@ -226,15 +226,7 @@ def test_train_step_with_the_grouped_norm_equals_optax():
       state = train.init_state(
           jax.random.key(0), model=model, tx=tx, input_shape=shape
       )
-      step = jax.jit(
-          functools.partial(
-              train.train_step,
-              model=model,
-              tx=tx,
-              lr_fn=optim.schedule(opt, 10),
-              loss=config.loss,
-          )
-      )
+      step = _jitted_step(model, tx, opt, config)
       results.append(step(state, batch))
   old, old_metrics = results[0]
   new, new_metrics = results[1]
@@ -246,6 +238,19 @@ def test_train_step_with_the_grouped_norm_equals_optax():
   )
   for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(old.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _jitted_step(model, tx, opt, config):
+  """The trainer's train step, jitted, for a 10-step schedule."""
+  return jax.jit(
+      functools.partial(
+          train.train_step,
+          model=model,
+          tx=tx,
+          lr_fn=optim.schedule(opt, 10),
+          loss=config.loss,
+      )
+  )
 
 
 def test_the_clip_and_the_logged_norm_are_one_computation():
@@ -266,15 +271,7 @@ def test_the_clip_and_the_logged_norm_are_one_computation():
       "inputs": jax.ShapeDtypeStruct((8,) + shape, jnp.float32),
       "label": jax.ShapeDtypeStruct((8,), jnp.int32),
   }
-  step = jax.jit(
-      functools.partial(
-          train.train_step,
-          model=model,
-          tx=tx,
-          lr_fn=optim.schedule(opt, 10),
-          loss=config.loss,
-      )
-  )
+  step = _jitted_step(model, tx, opt, config)
   lowered = step.lower(state, batch)
   traced = re.findall(r"stablehlo.sqrt %\S+ : tensor<f32>", lowered.as_text())
   compiled = re.findall(r"f32\[\] sqrt\(", lowered.compile().as_text())
